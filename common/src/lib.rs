@@ -1,0 +1,2 @@
+//! Outpost's shared library.
+pub mod vision;
