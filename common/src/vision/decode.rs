@@ -159,13 +159,13 @@ mod tests {
         out.into_inner()
     }
 
-    /// A baseline JPEG header that declares `width`×`height` and then stops.
+    /// A real JPEG whose frame header (SOF0) is patched to declare `width`×`height`: a hostile file that costs
+    /// nothing to send and would cost gigabytes to decode.
     fn giant_jpeg_header(width: u16, height: u16) -> Vec<u8> {
-        let mut b = vec![0xFF, 0xD8, 0xFF, 0xC0, 0x00, 0x11, 0x08];
-        b.extend_from_slice(&height.to_be_bytes());
-        b.extend_from_slice(&width.to_be_bytes());
-        b.extend_from_slice(&[0x03, 0x01, 0x22, 0x00, 0x02, 0x11, 0x01, 0x03, 0x11, 0x01]);
-        b.extend_from_slice(&[0xFF, 0xD9]);
+        let mut b = jpeg(16, 16);
+        let sof = b.windows(2).position(|w| w == [0xFF, 0xC0]).expect("baseline JPEG has SOF0");
+        b[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+        b[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
         b
     }
 

@@ -174,9 +174,10 @@ pub fn decode_end2end(
     Ok(out)
 }
 
-/// Turns a classifier output `[1, classes]` into probabilities (softmax when `probabilities` is false, or when the
-/// values are evidently not probabilities).
-pub fn class_probabilities(data: &[f32], shape: &[i64], probabilities: bool) -> Result<Vec<f32>, PostprocessError> {
+/// Turns a classifier output `[1, classes]` into probabilities. Values that already are a probability distribution
+/// (all in 0..1, summing to 1) are kept, whatever the model declared; anything else is treated as logits and goes
+/// through a softmax. `declared` (the spec's belief) only decides the tie for a single-class output.
+pub fn class_probabilities(data: &[f32], shape: &[i64], declared: bool) -> Result<Vec<f32>, PostprocessError> {
     let d = dims(shape);
     let classes = match d.as_slice() {
         [1, c] => *c,
@@ -189,7 +190,7 @@ pub fn class_probabilities(data: &[f32], shape: &[i64], probabilities: bool) -> 
     }
     let sum: f32 = data.iter().sum();
     let looks_like_probs = data.iter().all(|v| (0.0..=1.0).contains(v)) && (sum - 1.0).abs() < 1e-3;
-    if probabilities && looks_like_probs {
+    if looks_like_probs && (classes > 1 || declared) {
         return Ok(data.to_vec());
     }
     let max = data.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -311,9 +312,10 @@ mod tests {
     fn classification() {
         let probs = class_probabilities(&[1.0, 2.0, 3.0], &[1, 3], false).expect("softmax");
         assert!((probs.iter().sum::<f32>() - 1.0).abs() < 1e-6 && probs[2] > probs[1]);
-        // Declared probabilities are kept as they are ...
+        // Probabilities are kept as they are, declared or not ...
         assert_eq!(class_probabilities(&[0.2, 0.8], &[1, 2], true).expect("ok"), [0.2, 0.8]);
-        // ... unless they evidently are logits.
+        assert_eq!(class_probabilities(&[0.2, 0.8], &[1, 2], false).expect("ok"), [0.2, 0.8]);
+        // ... and logits get a softmax even when the model claimed probabilities.
         let p = class_probabilities(&[-3.0, 5.0], &[1, 2], true).expect("ok");
         assert!(p[1] > 0.99);
         let top = top_k(&[0.1, 0.5, 0.4], 2);
