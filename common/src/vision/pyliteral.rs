@@ -21,7 +21,10 @@ impl<'a> Cursor<'a> {
     }
 
     fn err<T>(&self, reason: impl Into<String>) -> Result<T, LiteralError> {
-        Err(LiteralError { reason: reason.into(), at: self.pos })
+        Err(LiteralError {
+            reason: reason.into(),
+            at: self.pos,
+        })
     }
 
     fn rest(&self) -> &'a str {
@@ -48,11 +51,19 @@ impl<'a> Cursor<'a> {
     }
 
     fn expect(&mut self, c: char) -> Result<(), LiteralError> {
-        if self.eat(c) { Ok(()) } else { self.err(format!("expected `{c}`")) }
+        if self.eat(c) {
+            Ok(())
+        } else {
+            self.err(format!("expected `{c}`"))
+        }
     }
 
     fn end(&mut self) -> Result<(), LiteralError> {
-        if self.peek().is_some() { self.err("unexpected trailing text") } else { Ok(()) }
+        if self.peek().is_some() {
+            self.err("unexpected trailing text")
+        } else {
+            Ok(())
+        }
     }
 
     fn int(&mut self) -> Result<i64, LiteralError> {
@@ -148,7 +159,10 @@ pub fn parse_names(text: &str) -> Result<Vec<String>, LiteralError> {
     pairs.sort_by_key(|(k, _)| *k);
     for (i, (k, _)) in pairs.iter().enumerate() {
         if usize::try_from(*k).ok() != Some(i) {
-            return Err(LiteralError { reason: format!("class ids must be 0..{} without gaps", pairs.len()), at: 0 });
+            return Err(LiteralError {
+                reason: format!("class ids must be 0..{} without gaps", pairs.len()),
+                at: 0,
+            });
         }
     }
     Ok(pairs.into_iter().map(|(_, v)| v).collect())
@@ -183,7 +197,10 @@ pub fn parse_bool(text: &str) -> Result<bool, LiteralError> {
     match text.trim() {
         "True" | "true" | "1" => Ok(true),
         "False" | "false" | "0" => Ok(false),
-        _ => Err(LiteralError { reason: format!("`{text}` is not True or False"), at: 0 }),
+        _ => Err(LiteralError {
+            reason: format!("`{text}` is not True or False"),
+            at: 0,
+        }),
     }
 }
 
@@ -194,16 +211,24 @@ mod tests {
     fn check_names(text: &str, expected: Result<&[&str], &str>) {
         match (parse_names(text), expected) {
             (Ok(got), Ok(want)) => assert_eq!(got, want),
-            (Err(e), Err(fragment)) => assert!(e.to_string().contains(fragment), "`{e}` lacks `{fragment}`"),
+            (Err(e), Err(fragment)) => {
+                assert!(e.to_string().contains(fragment), "`{e}` lacks `{fragment}`")
+            }
             (got, want) => panic!("{text}: got {got:?}, expected {want:?}"),
         }
     }
 
     #[test]
     fn names() {
-        check_names("{0: 'scratch', 1: 'dent', 2: 'stain'}", Ok(&["scratch", "dent", "stain"]));
+        check_names(
+            "{0: 'scratch', 1: 'dent', 2: 'stain'}",
+            Ok(&["scratch", "dent", "stain"]),
+        );
         check_names("{1: 'b', 0: 'a'}", Ok(&["a", "b"]));
-        check_names(r#"{0: "it's", 1: 'say \'hi\'', 2: 'caf\xe9', 3: '\u00e9t\u00e9'}"#, Ok(&["it's", "say 'hi'", "café", "été"]));
+        check_names(
+            r#"{0: "it's", 1: 'say \'hi\'', 2: 'caf\xe9', 3: '\u00e9t\u00e9'}"#,
+            Ok(&["it's", "say 'hi'", "café", "été"]),
+        );
         check_names("{0: 'a',}", Ok(&["a"]));
         check_names("{}", Ok(&[]));
         check_names("['x', \"y\"]", Ok(&["x", "y"]));
