@@ -1,0 +1,5 @@
+//! Outpost's shared library.
+pub mod manifest;
+pub mod protocol;
+pub mod topics;
+pub mod vision;
