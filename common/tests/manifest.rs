@@ -17,6 +17,7 @@ use time::macros::datetime;
 const NOW: OffsetDateTime = datetime!(2026-11-21 12:00:00 UTC);
 const FAMILY: &str = "x86_64-cpu";
 
+/// TEST-ONLY signing keys from fixed seeds: public in this file, never to be trusted by a real device.
 fn key(n: u8) -> SecretKey {
     SecretKey::from_seed(&[n; 32])
 }

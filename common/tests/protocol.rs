@@ -24,7 +24,7 @@ fn model() -> ModelRef {
     ModelRef { name: "defect".into(), version: 7 }
 }
 
-/// Deterministic test keys (seeded, never used outside tests).
+/// TEST-ONLY signing key from a fixed seed: public in this file, never to be trusted by a real device.
 fn test_key() -> SecretKey {
     SecretKey::from_seed(&[1; 32])
 }
