@@ -248,6 +248,22 @@ fn threshold_counts_distinct_keys() {
     // A key set cannot list one key twice, nor under another encoding of the same point.
     let err = TrustedKeys::new([key(1).public(), key(1).public()], 2).expect_err("duplicate key");
     assert_eq!(err.code(), "duplicate_key", "{err}");
+    let mut second_encodings = 0;
+    for y in 2u8..=18 {
+        // y and y + p encode the same curve point; only the first is canonical.
+        let mut canonical = [0u8; 32];
+        canonical[0] = y;
+        let mut other = [0xffu8; 32];
+        other[0] = 0xed + y;
+        other[31] = 0x7f;
+        if let Ok(public) = PublicKey::from_bytes(&canonical) {
+            let err = VerifyError::from(PublicKey::from_bytes(&other).expect_err("second encoding refused"));
+            assert_eq!(err.code(), "non_canonical_key", "y = {y}: {err}");
+            assert_eq!(public.to_bytes(), canonical);
+            second_encodings += 1;
+        }
+    }
+    assert!(second_encodings > 0, "no large-order point with a second encoding among y < 19");
     check(
         Case {
             envelope: signed(&manifest_for(&model_a()), &[&key(1), &key(3)]),
