@@ -93,7 +93,7 @@ fn check(case: Case, expected: Result<(), &str>) {
     let path = dir.path().join("floors.json");
     let mut seed = FloorStore::open(&path).expect("open");
     let none = Floors::default();
-    let seed_policy = Policy { now: NOW, family: FAMILY, floors: &none };
+    let seed_policy = Policy { now: NOW, family: Some(FAMILY), floors: &none };
     let other = manifest::verify_manifest(&signed(&other_manifest(), &[&key(1)]), &trust(&[&key(1)], 1), &seed_policy)
         .expect("seed manifest verifies");
     assert!(seed.commit(&other).expect("seed floor"));
@@ -121,7 +121,7 @@ fn check(case: Case, expected: Result<(), &str>) {
 }
 
 fn policy(case: &Case) -> Policy<'_> {
-    Policy { now: NOW, family: case.family, floors: &case.floors }
+    Policy { now: NOW, family: Some(case.family), floors: &case.floors }
 }
 
 fn other_manifest() -> Manifest {
@@ -312,7 +312,7 @@ fn below_the_floor_after_a_restart() {
     let v9 = Manifest { version: 9, min_version: Some(9), ..manifest_for(&model_a()) };
     {
         let mut store = FloorStore::open(&path).expect("open");
-        let policy = Policy { now: NOW, family: FAMILY, floors: store.floors() };
+        let policy = Policy { now: NOW, family: Some(FAMILY), floors: store.floors() };
         let verified = manifest::verify_manifest(&signed(&v9, &[&key(1)]), &trusted, &policy).expect("v9 verifies");
         assert!(store.commit(&verified).expect("commit"));
         assert!(!store.commit(&verified).expect("commit again"), "a floor does not rise twice");
@@ -320,7 +320,7 @@ fn below_the_floor_after_a_restart() {
     // A new process: the floor comes back from disk, and the older, validly signed v7 is refused.
     let store = FloorStore::open(&path).expect("reopen");
     assert_eq!(store.floors().get("defect"), 9);
-    let policy = Policy { now: NOW, family: FAMILY, floors: store.floors() };
+    let policy = Policy { now: NOW, family: Some(FAMILY), floors: store.floors() };
     let err = manifest::verify_manifest(&signed(&manifest_for(&model_a()), &[&key(1)]), &trusted, &policy)
         .expect_err("rollback refused");
     assert_eq!(err.code(), "below_floor", "{err}");

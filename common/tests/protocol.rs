@@ -322,7 +322,7 @@ fn a_signed_manifest_survives_the_assign_model_command() {
     let CommandBody::AssignModel(assign) = decoded.body else { panic!("assign_model expected") };
     let trusted = TrustedKeys::new([test_key().public()], 1).expect("trusted");
     let floors = Floors::default();
-    let policy = Policy { now: datetime!(2026-11-21 12:00:00 UTC), family: "x86_64-cpu", floors: &floors };
+    let policy = Policy { now: datetime!(2026-11-21 12:00:00 UTC), family: Some("x86_64-cpu"), floors: &floors };
     let verified = manifest::verify_envelope(&assign.manifest, &trusted, &policy).expect("verifies after transit");
     assert_eq!(verified.manifest(), &test_manifest());
     verified.check_artifact_bytes(b"pretend ONNX bytes").expect("artifact");

@@ -15,8 +15,9 @@ use crate::vision::spec::{ModelInfo, ModelSpec, SpecSource, resolve};
 #[derive(Debug, Clone, Copy)]
 pub struct Policy<'a> {
     pub now: OffsetDateTime,
-    /// This device's model family / hardware id.
-    pub family: &'a str,
+    /// This device's model family / hardware id. `None` skips the family check, for verifiers that are not a device
+    /// (the fleet's registry, `outpost model verify` without `--family`); a device always gives its family.
+    pub family: Option<&'a str>,
     /// The anti-rollback floors this device has committed.
     pub floors: &'a Floors,
 }
@@ -187,10 +188,10 @@ pub fn verify_envelope(
     if policy.now >= manifest.expires_at {
         return Err(VerifyError::Expired { expires_at: manifest.expires_at, now: policy.now });
     }
-    if let Some(family) = &manifest.family
-        && family != policy.family
+    if let (Some(family), Some(device)) = (&manifest.family, policy.family)
+        && family != device
     {
-        return Err(VerifyError::WrongFamily { manifest: family.clone(), device: policy.family.to_string() });
+        return Err(VerifyError::WrongFamily { manifest: family.clone(), device: device.to_string() });
     }
     let floor = policy.floors.get(&manifest.name);
     if manifest.version < floor {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use outpost_common::manifest::{
-    self, Artifact, Envelope, Floors, MANIFEST_SCHEMA, Manifest, Policy, Sha256Sum, TrustedKeys, VerifiedManifest,
+    self, Artifact, Floors, MANIFEST_SCHEMA, Manifest, Policy, Sha256Sum, TrustedKeys, VerifiedManifest,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -124,8 +124,7 @@ fn sign(args: &SignArgs) -> anyhow::Result<Outcome> {
     // Verify what was just signed, as a device of the stated family would, before writing it.
     let trusted = TrustedKeys::new(keys.iter().map(|k| k.public()), keys.len())?;
     let floors = Floors::default();
-    let family = manifest.family.as_deref().unwrap_or("any");
-    let policy = Policy { now: created_at, family, floors: &floors };
+    let policy = Policy { now: created_at, family: manifest.family.as_deref(), floors: &floors };
     let verified = manifest::verify_envelope(&envelope, &trusted, &policy)
         .and_then(|v| v.check_artifact_bytes(&bytes).map(|()| v))
         .context("the manifest just signed does not verify")?;
@@ -149,12 +148,8 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<Outcome> {
         None => None,
     };
     let floors = Floors::uniform(args.floor);
-    // Without --family the manifest's own family is used, so that check passes and the output says so.
-    let family = match &args.family {
-        Some(f) => f.clone(),
-        None => declared_family(&bytes).unwrap_or_else(|| "any".into()),
-    };
-    let policy = Policy { now: args.at.unwrap_or_else(now), family: &family, floors: &floors };
+    // Without --family the family is not checked, and the output says so.
+    let policy = Policy { now: args.at.unwrap_or_else(now), family: args.family.as_deref(), floors: &floors };
     let result = manifest::verify_manifest(&bytes, &trusted, &policy).and_then(|verified| {
         if let Some(model) = &model {
             verified.check_artifact_bytes(model)?;
@@ -176,13 +171,6 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<Outcome> {
     println!("verified: {}", summary(&verified, model_name.as_deref(), family_note));
     println!("  signed by {} of {} required key(s): {}", verified.signers().len(), trusted.threshold(), ids(&verified));
     Ok(Outcome::Done)
-}
-
-/// The family the manifest names, read without trusting it, only to choose what the check compares against.
-fn declared_family(envelope: &[u8]) -> Option<String> {
-    let body = Envelope::from_slice(envelope).ok()?.body;
-    let value: serde_json::Value = serde_json::from_slice(&body).ok()?;
-    value.get("family")?.as_str().map(str::to_string)
 }
 
 fn ids(verified: &VerifiedManifest) -> String {
