@@ -12,23 +12,14 @@ use std::process::Command;
 fn main() {
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
     let cross = manifest_dir.join("../cross");
-    println!(
-        "cargo::rerun-if-changed={}",
-        cross.join("onnxruntime.lock").display()
-    );
-    println!(
-        "cargo::rerun-if-changed={}",
-        cross.join("provision_ort.py").display()
-    );
+    println!("cargo::rerun-if-changed={}", cross.join("onnxruntime.lock").display());
+    println!("cargo::rerun-if-changed={}", cross.join("provision_ort.py").display());
     println!("cargo::rerun-if-env-changed=OUTPOST_ORT_SKIP");
     println!("cargo::rerun-if-env-changed=OUTPOST_ORT_WHEEL");
 
     let target = env("TARGET");
     let version = lock_version(&cross.join("onnxruntime.lock")).unwrap_or_else(|| "unknown".into());
-    let dest = target_dir()
-        .join("onnxruntime")
-        .join(&version)
-        .join(&target);
+    let dest = target_dir().join("onnxruntime").join(&version).join(&target);
     let lib = dest.join(format!("libonnxruntime.so.{version}"));
     println!("cargo::rustc-env=OUTPOST_ORT_BUILD_CACHE={}", lib.display());
     println!("cargo::rustc-env=OUTPOST_ORT_VERSION={version}");
@@ -74,14 +65,8 @@ fn target_dir() -> PathBuf {
         .ancestors()
         .find(|p| p.file_name().is_some_and(|n| n == "build"))
         .expect("OUT_DIR lies under a build/ folder");
-    let mut dir = build
-        .parent()
-        .and_then(Path::parent)
-        .expect("profile folder has a parent");
-    if dir
-        .file_name()
-        .is_some_and(|n| n.to_string_lossy() == env("TARGET"))
-    {
+    let mut dir = build.parent().and_then(Path::parent).expect("profile folder has a parent");
+    if dir.file_name().is_some_and(|n| n.to_string_lossy() == env("TARGET")) {
         dir = dir.parent().expect("target triple folder has a parent");
     }
     dir.to_path_buf()

@@ -88,16 +88,12 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 }
 
 fn engine_options(args: &RuntimeArgs) -> EngineOptions {
-    EngineOptions {
-        intra_threads: args.threads,
-        ..EngineOptions::default()
-    }
+    EngineOptions { intra_threads: args.threads, ..EngineOptions::default() }
 }
 
 fn load(path: &Path, args: &RuntimeArgs) -> Result<(&'static Runtime, Model), String> {
     let rt = Runtime::init(args.ort_lib.as_deref()).map_err(|e| e.to_string())?;
-    let model = Model::from_path(rt, path, &engine_options(args))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let model = Model::from_path(rt, path, &engine_options(args)).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok((rt, model))
 }
 
@@ -109,12 +105,7 @@ pub fn infer(args: &InferArgs) -> ExitCode {
     let options = VisionOptions {
         engine: engine_options(&args.runtime),
         hints: SpecHints::default(),
-        detect: DetectParams {
-            conf: args.conf,
-            iou: args.iou,
-            max_det: args.max_det,
-            ..DetectParams::default()
-        },
+        detect: DetectParams { conf: args.conf, iou: args.iou, max_det: args.max_det, ..DetectParams::default() },
         top_k: args.top_k,
         ..VisionOptions::default()
     };
@@ -127,47 +118,25 @@ pub fn infer(args: &InferArgs) -> ExitCode {
     let mut failed = 0usize;
     for path in &args.images {
         let name = path.to_string_lossy();
-        let outcome = std::fs::read(path)
-            .map_err(|e| ErrorBody {
-                kind: "io",
-                message: e.to_string(),
-            })
-            .and_then(|bytes| {
-                vision.infer_encoded(&bytes).map_err(|e| ErrorBody {
-                    kind: e.kind(),
-                    message: e.to_string(),
-                })
+        let outcome =
+            std::fs::read(path).map_err(|e| ErrorBody { kind: "io", message: e.to_string() }).and_then(|bytes| {
+                vision.infer_encoded(&bytes).map_err(|e| ErrorBody { kind: e.kind(), message: e.to_string() })
             });
         let line = match &outcome {
-            Ok(result) => serde_json::to_string(&Line {
-                image: &name,
-                result,
-            }),
+            Ok(result) => serde_json::to_string(&Line { image: &name, result }),
             Err(error) => {
                 failed += 1;
-                let error = ErrorBody {
-                    kind: error.kind,
-                    message: error.message.clone(),
-                };
-                serde_json::to_string(&ErrorLine {
-                    image: &name,
-                    error,
-                })
+                let error = ErrorBody { kind: error.kind, message: error.message.clone() };
+                serde_json::to_string(&ErrorLine { image: &name, error })
             }
         };
-        let written = line
-            .map_err(std::io::Error::other)
-            .and_then(|l| writeln!(out, "{l}"));
+        let written = line.map_err(std::io::Error::other).and_then(|l| writeln!(out, "{l}"));
         if written.is_err() {
             // stdout closed (e.g. piped into `head`): nothing more can be reported.
             return ExitCode::from(1);
         }
     }
-    if failed > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
+    if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS }
 }
 
 pub fn check_model(path: &Path, args: &RuntimeArgs) -> ExitCode {
@@ -183,10 +152,7 @@ pub fn check_model(path: &Path, args: &RuntimeArgs) -> ExitCode {
         spec: &spec,
         inputs: &model.info().inputs,
         outputs: &model.info().outputs,
-        runtime: RuntimeReport {
-            library: rt.library().display().to_string(),
-            found_by: rt.source().to_string(),
-        },
+        runtime: RuntimeReport { library: rt.library().display().to_string(), found_by: rt.source().to_string() },
     };
     match serde_json::to_string_pretty(&report) {
         Ok(json) => {

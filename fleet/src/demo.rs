@@ -37,14 +37,7 @@ fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn run_set(vision: &mut Vision, files: &[PathBuf]) -> SetSummary {
-    let mut s = SetSummary {
-        frames: 0,
-        failed: 0,
-        detections: 0,
-        uncertain: 0,
-        mean_confidence: 0.0,
-        mean_ms: 0.0,
-    };
+    let mut s = SetSummary { frames: 0, failed: 0, detections: 0, uncertain: 0, mean_confidence: 0.0, mean_ms: 0.0 };
     let mut scored = 0usize;
     for path in files {
         let outcome = std::fs::read(path)
@@ -54,10 +47,7 @@ fn run_set(vision: &mut Vision, files: &[PathBuf]) -> SetSummary {
             Ok(r) => {
                 s.frames += 1;
                 s.detections += r.detections.len();
-                if let outpost_common::vision::confidence::Confidence::Detect {
-                    uncertain, ..
-                } = r.confidence
-                {
+                if let outpost_common::vision::confidence::Confidence::Detect { uncertain, .. } = r.confidence {
                     s.uncertain += uncertain;
                 }
                 if let Some(c) = r.confidence.headline() {
@@ -80,8 +70,7 @@ fn run_set(vision: &mut Vision, files: &[PathBuf]) -> SetSummary {
 
 pub fn run(args: &DemoArgs) -> Result<()> {
     let rt = Runtime::init(None)?;
-    let bytes =
-        std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
+    let bytes = std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
     let mut vision = Vision::load(rt, &bytes, VisionOptions::default())
         .with_context(|| format!("loading {}", args.model.display()))?;
     let spec = vision.spec().clone();
@@ -99,10 +88,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         "frames", "count", "detections", "uncertain", "mean confidence", "ms/frame"
     );
     let mut rows = Vec::new();
-    for (name, dir) in [
-        ("normal line lighting", "defect-val/images"),
-        ("after a lighting drift", "defect-drift/images"),
-    ] {
+    for (name, dir) in
+        [("normal line lighting", "defect-val/images"), ("after a lighting drift", "defect-drift/images")]
+    {
         let files = images_in(&args.frames.join(dir))?;
         let s = run_set(&mut vision, &files);
         println!(
@@ -120,18 +108,12 @@ pub fn run(args: &DemoArgs) -> Result<()> {
              model version to flag drift and queue the hard frames for annotation."
         );
         if normal.failed + drift.failed > 0 {
-            println!(
-                "{} frames could not be read (see the log).",
-                normal.failed + drift.failed
-            );
+            println!("{} frames could not be read (see the log).", normal.failed + drift.failed);
         }
     }
     Ok(())
 }
 
 fn short(p: &Path) -> String {
-    p.file_name().map_or_else(
-        || p.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    )
+    p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
 }

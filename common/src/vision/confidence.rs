@@ -14,10 +14,7 @@ pub struct UncertaintyBand {
 
 impl Default for UncertaintyBand {
     fn default() -> Self {
-        UncertaintyBand {
-            low: 0.25,
-            high: 0.5,
-        }
+        UncertaintyBand { low: 0.25, high: 0.5 }
     }
 }
 
@@ -72,21 +69,9 @@ pub fn of_probabilities(probs: &[f32]) -> Confidence {
             second = p;
         }
     }
-    let h: f32 = probs
-        .iter()
-        .filter(|&&p| p > 0.0)
-        .map(|&p| -p * p.ln())
-        .sum();
-    let entropy = if probs.len() > 1 {
-        (h / (probs.len() as f32).ln()).clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
-    Confidence::Classify {
-        top1: first,
-        margin: first - second,
-        entropy,
-    }
+    let h: f32 = probs.iter().filter(|&&p| p > 0.0).map(|&p| -p * p.ln()).sum();
+    let entropy = if probs.len() > 1 { (h / (probs.len() as f32).ln()).clamp(0.0, 1.0) } else { 0.0 };
+    Confidence::Classify { top1: first, margin: first - second, entropy }
 }
 
 /// Summarises a detector's output.
@@ -95,12 +80,7 @@ pub fn of_detections(dets: &[Detection], band: &UncertaintyBand) -> Confidence {
     let max = dets.iter().map(|d| d.score).reduce(f32::max);
     let mean = (count > 0).then(|| dets.iter().map(|d| d.score).sum::<f32>() / count as f32);
     let uncertain = dets.iter().filter(|d| band.contains(d.score)).count();
-    Confidence::Detect {
-        max,
-        mean,
-        count,
-        uncertain,
-    }
+    Confidence::Detect { max, mean, count, uncertain }
 }
 
 #[cfg(test)]
@@ -108,35 +88,19 @@ mod tests {
     use super::*;
 
     fn det(score: f32) -> Detection {
-        Detection {
-            class: 0,
-            score,
-            bbox: [0.0; 4],
-        }
+        Detection { class: 0, score, bbox: [0.0; 4] }
     }
 
     #[test]
     fn classifier_summary() {
-        let Confidence::Classify {
-            top1,
-            margin,
-            entropy,
-        } = of_probabilities(&[0.7, 0.2, 0.1])
-        else {
+        let Confidence::Classify { top1, margin, entropy } = of_probabilities(&[0.7, 0.2, 0.1]) else {
             panic!("classify")
         };
         assert!((top1 - 0.7).abs() < 1e-6 && (margin - 0.5).abs() < 1e-6);
         assert!(entropy > 0.0 && entropy < 1.0);
-        let Confidence::Classify {
-            entropy, margin, ..
-        } = of_probabilities(&[0.25; 4])
-        else {
-            panic!("classify")
-        };
+        let Confidence::Classify { entropy, margin, .. } = of_probabilities(&[0.25; 4]) else { panic!("classify") };
         assert!((entropy - 1.0).abs() < 1e-5 && margin == 0.0);
-        let Confidence::Classify { entropy, .. } = of_probabilities(&[1.0, 0.0]) else {
-            panic!("classify")
-        };
+        let Confidence::Classify { entropy, .. } = of_probabilities(&[1.0, 0.0]) else { panic!("classify") };
         assert_eq!(entropy, 0.0);
     }
 
@@ -145,23 +109,10 @@ mod tests {
         let band = UncertaintyBand::default();
         assert_eq!(
             of_detections(&[det(0.9), det(0.3), det(0.5)], &band),
-            Confidence::Detect {
-                max: Some(0.9),
-                mean: Some((0.9 + 0.3 + 0.5) / 3.0),
-                count: 3,
-                uncertain: 1
-            }
+            Confidence::Detect { max: Some(0.9), mean: Some((0.9 + 0.3 + 0.5) / 3.0), count: 3, uncertain: 1 }
         );
         let none = of_detections(&[], &band);
-        assert_eq!(
-            none,
-            Confidence::Detect {
-                max: None,
-                mean: None,
-                count: 0,
-                uncertain: 0
-            }
-        );
+        assert_eq!(none, Confidence::Detect { max: None, mean: None, count: 0, uncertain: 0 });
         assert_eq!(none.headline(), None);
     }
 }

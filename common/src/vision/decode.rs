@@ -22,11 +22,7 @@ pub struct DecodeLimits {
 impl Default for DecodeLimits {
     /// Up to 8K frames (8192×8192), 512 MiB of decoder memory.
     fn default() -> Self {
-        DecodeLimits {
-            max_width: 8192,
-            max_height: 8192,
-            max_alloc: 512 << 20,
-        }
+        DecodeLimits { max_width: 8192, max_height: 8192, max_alloc: 512 << 20 }
     }
 }
 
@@ -38,12 +34,7 @@ pub enum DecodeError {
     #[error("not a JPEG or PNG image")]
     NotAnImage,
     #[error("{width}×{height} exceeds the limit of {max_width}×{max_height}")]
-    TooLarge {
-        width: u32,
-        height: u32,
-        max_width: u32,
-        max_height: u32,
-    },
+    TooLarge { width: u32, height: u32, max_width: u32, max_height: u32 },
     #[error("decoding would need more than {max_alloc} bytes")]
     TooMuchMemory { max_alloc: u64 },
     #[error("truncated image")]
@@ -77,9 +68,7 @@ pub fn sniff(bytes: &[u8]) -> Option<ImageFormat> {
 pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), DecodeError> {
     let format = check_container(bytes)?;
     let reader = ImageReader::with_format(Cursor::new(bytes), format);
-    reader
-        .into_dimensions()
-        .map_err(|e| map_error(e, &DecodeLimits::default()))
+    reader.into_dimensions().map_err(|e| map_error(e, &DecodeLimits::default()))
 }
 
 fn check_container(bytes: &[u8]) -> Result<ImageFormat, DecodeError> {
@@ -110,13 +99,9 @@ fn map_error(e: image::ImageError, limits: &DecodeLimits) -> DecodeError {
                 max_width: limits.max_width,
                 max_height: limits.max_height,
             },
-            _ => DecodeError::TooMuchMemory {
-                max_alloc: limits.max_alloc,
-            },
+            _ => DecodeError::TooMuchMemory { max_alloc: limits.max_alloc },
         },
-        ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            DecodeError::Truncated
-        }
+        ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => DecodeError::Truncated,
         ImageError::Unsupported(_) => DecodeError::NotAnImage,
         other => {
             let msg = other.to_string();
@@ -134,8 +119,7 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, DecodeErr
     let format = check_container(bytes)?;
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     // Check the declared size ourselves first, so the error can name it.
-    if let Ok((width, height)) =
-        ImageReader::with_format(Cursor::new(bytes), format).into_dimensions()
+    if let Ok((width, height)) = ImageReader::with_format(Cursor::new(bytes), format).into_dimensions()
         && (width > limits.max_width || height > limits.max_height)
     {
         return Err(DecodeError::TooLarge {
@@ -162,9 +146,7 @@ mod tests {
     use super::*;
 
     fn jpeg(width: u32, height: u32) -> Vec<u8> {
-        let img = RgbImage::from_fn(width, height, |x, y| {
-            image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
-        });
+        let img = RgbImage::from_fn(width, height, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
         let mut out = Cursor::new(Vec::new());
         img.write_to(&mut out, ImageFormat::Jpeg).expect("encode");
         out.into_inner()
@@ -181,10 +163,7 @@ mod tests {
     /// nothing to send and would cost gigabytes to decode.
     fn giant_jpeg_header(width: u16, height: u16) -> Vec<u8> {
         let mut b = jpeg(16, 16);
-        let sof = b
-            .windows(2)
-            .position(|w| w == [0xFF, 0xC0])
-            .expect("baseline JPEG has SOF0");
+        let sof = b.windows(2).position(|w| w == [0xFF, 0xC0]).expect("baseline JPEG has SOF0");
         b[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
         b[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
         b
@@ -204,43 +183,13 @@ mod tests {
         check(&ok, DecodeLimits::default(), Ok((64, 48)));
         check(&png(10, 7), DecodeLimits::default(), Ok((10, 7)));
         check(&[], DecodeLimits::default(), Err("empty"));
-        check(
-            b"hello, not an image at all",
-            DecodeLimits::default(),
-            Err("not_an_image"),
-        );
-        check(
-            &ok[..ok.len() / 2],
-            DecodeLimits::default(),
-            Err("truncated"),
-        );
+        check(b"hello, not an image at all", DecodeLimits::default(), Err("not_an_image"));
+        check(&ok[..ok.len() / 2], DecodeLimits::default(), Err("truncated"));
         let p = png(32, 32);
-        check(
-            &p[..p.len() - 20],
-            DecodeLimits::default(),
-            Err("truncated"),
-        );
-        check(
-            &giant_jpeg_header(60000, 60000),
-            DecodeLimits::default(),
-            Err("too_large"),
-        );
-        check(
-            &ok,
-            DecodeLimits {
-                max_width: 32,
-                ..Default::default()
-            },
-            Err("too_large"),
-        );
-        check(
-            &ok,
-            DecodeLimits {
-                max_alloc: 1000,
-                ..Default::default()
-            },
-            Err("too_large"),
-        );
+        check(&p[..p.len() - 20], DecodeLimits::default(), Err("truncated"));
+        check(&giant_jpeg_header(60000, 60000), DecodeLimits::default(), Err("too_large"));
+        check(&ok, DecodeLimits { max_width: 32, ..Default::default() }, Err("too_large"));
+        check(&ok, DecodeLimits { max_alloc: 1000, ..Default::default() }, Err("too_large"));
         let mut garbage = ok.clone();
         for b in garbage.iter_mut().skip(200).take(400) {
             *b = 0x5A;
@@ -251,20 +200,13 @@ mod tests {
 
     #[test]
     fn giant_header_error_names_the_size() {
-        let err = decode(&giant_jpeg_header(60000, 60000), &DecodeLimits::default())
-            .expect_err("rejected");
-        assert_eq!(
-            err.to_string(),
-            "60000×60000 exceeds the limit of 8192×8192"
-        );
+        let err = decode(&giant_jpeg_header(60000, 60000), &DecodeLimits::default()).expect_err("rejected");
+        assert_eq!(err.to_string(), "60000×60000 exceeds the limit of 8192×8192");
     }
 
     #[test]
     fn dimensions_without_decoding() {
-        assert_eq!(
-            dimensions(&giant_jpeg_header(60000, 40000)),
-            Ok((60000, 40000))
-        );
+        assert_eq!(dimensions(&giant_jpeg_header(60000, 40000)), Ok((60000, 40000)));
         assert_eq!(dimensions(&jpeg(33, 21)), Ok((33, 21)));
     }
 }

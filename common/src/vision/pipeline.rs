@@ -125,13 +125,7 @@ impl Vision {
     pub fn from_model(model: Model, options: VisionOptions) -> Result<Vision, VisionError> {
         let spec = model.spec(&options.hints)?;
         let pre = Preprocessor::new(&spec.input)?;
-        Ok(Vision {
-            model,
-            spec,
-            pre,
-            tensor: Vec::new(),
-            options,
-        })
+        Ok(Vision { model, spec, pre, tensor: Vec::new(), options })
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -166,12 +160,7 @@ impl Vision {
         let t = Instant::now();
         let transform = self.pre.run(frame, &mut self.tensor)?;
         let preprocess = ms(t);
-        let shape = [
-            1,
-            3,
-            self.spec.input.height as usize,
-            self.spec.input.width as usize,
-        ];
+        let shape = [1, 3, self.spec.input.height as usize, self.spec.input.width as usize];
         let shape = self.tensor_shape(shape);
         let t = Instant::now();
         let mut post_ms = 0.0;
@@ -190,12 +179,7 @@ impl Vision {
         };
         let t = Instant::now();
         let mut result = self.finish(decoded, &transform);
-        result.timings = Timings {
-            decode: 0.0,
-            preprocess,
-            inference: infer_ms,
-            postprocess: post_ms + ms(t),
-        };
+        result.timings = Timings { decode: 0.0, preprocess, inference: infer_ms, postprocess: post_ms + ms(t) };
         Ok(result)
     }
 
@@ -207,8 +191,7 @@ impl Vision {
         }
         let per = self.pre.tensor_len();
         let mut batch = Vec::with_capacity(per * frames.len());
-        let mut transforms: Vec<Result<Transform, PreprocessError>> =
-            Vec::with_capacity(frames.len());
+        let mut transforms: Vec<Result<Transform, PreprocessError>> = Vec::with_capacity(frames.len());
         let t = Instant::now();
         for f in frames {
             let r = self.pre.run(f, &mut self.tensor);
@@ -220,12 +203,7 @@ impl Vision {
             transforms.push(r);
         }
         let preprocess = ms(t) / frames.len() as f64;
-        let shape = [
-            frames.len(),
-            3,
-            self.spec.input.height as usize,
-            self.spec.input.width as usize,
-        ];
+        let shape = [frames.len(), 3, self.spec.input.height as usize, self.spec.input.width as usize];
         let shape = self.tensor_shape(shape);
         let layout = self.spec.output;
         let params = self.options.detect;
@@ -258,12 +236,7 @@ impl Vision {
                 .map(|d: Result<_, VisionError>| {
                     let (decoded, tr, post) = d?;
                     let mut r = self.finish(decoded, &tr);
-                    r.timings = Timings {
-                        decode: 0.0,
-                        preprocess,
-                        inference: infer_ms,
-                        postprocess: post,
-                    };
+                    r.timings = Timings { decode: 0.0, preprocess, inference: infer_ms, postprocess: post };
                     Ok(r)
                 })
                 .collect(),
@@ -298,11 +271,7 @@ impl Vision {
                 timings: Timings::default(),
             },
             Decoded::Probabilities(probs) => {
-                let k = if self.options.top_k == 0 {
-                    5
-                } else {
-                    self.options.top_k
-                };
+                let k = if self.options.top_k == 0 { 5 } else { self.options.top_k };
                 FrameResult {
                     width,
                     height,
@@ -311,11 +280,7 @@ impl Vision {
                     detections: Vec::new(),
                     classes: postprocess::top_k(&probs, k)
                         .into_iter()
-                        .map(|c| LabeledClass {
-                            class: c.class,
-                            label: self.spec.label(c.class),
-                            score: c.score,
-                        })
+                        .map(|c| LabeledClass { class: c.class, label: self.spec.label(c.class), score: c.score })
                         .collect(),
                     timings: Timings::default(),
                 }

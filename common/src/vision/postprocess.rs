@@ -27,13 +27,7 @@ pub struct DetectParams {
 
 impl Default for DetectParams {
     fn default() -> Self {
-        DetectParams {
-            conf: 0.25,
-            iou: 0.7,
-            max_det: 300,
-            max_nms: 30000,
-            agnostic: false,
-        }
+        DetectParams { conf: 0.25, iou: 0.7, max_det: 300, max_nms: 30000, agnostic: false }
     }
 }
 
@@ -65,21 +59,11 @@ pub enum PostprocessError {
 }
 
 fn dims(shape: &[i64]) -> Vec<usize> {
-    shape
-        .iter()
-        .map(|&d| usize::try_from(d).unwrap_or(0))
-        .collect()
+    shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect()
 }
 
 fn check_len(data: &[f32], want: usize) -> Result<(), PostprocessError> {
-    if data.len() == want {
-        Ok(())
-    } else {
-        Err(PostprocessError::Length {
-            got: data.len(),
-            want,
-        })
-    }
+    if data.len() == want { Ok(()) } else { Err(PostprocessError::Length { got: data.len(), want }) }
 }
 
 /// Intersection over union of two `[x1, y1, x2, y2]` boxes.
@@ -101,9 +85,8 @@ fn nms(mut cands: Vec<Detection>, params: &DetectParams) -> Vec<Detection> {
         if kept.len() >= params.max_det {
             break;
         }
-        let suppressed = kept
-            .iter()
-            .any(|k| (params.agnostic || k.class == c.class) && iou(k.bbox, c.bbox) > params.iou);
+        let suppressed =
+            kept.iter().any(|k| (params.agnostic || k.class == c.class) && iou(k.bbox, c.bbox) > params.iou);
         if !suppressed {
             kept.push(c);
         }
@@ -122,10 +105,7 @@ pub fn decode_yolo(
     let (rows, n) = match d.as_slice() {
         [1, rows, n] if *rows > 4 => (*rows, *n),
         _ => {
-            return Err(PostprocessError::Shape {
-                got: shape.to_vec(),
-                expected: "[1, 4+classes, N]".into(),
-            });
+            return Err(PostprocessError::Shape { got: shape.to_vec(), expected: "[1, 4+classes, N]".into() });
         }
     };
     check_len(data, rows * n)?;
@@ -143,12 +123,7 @@ pub fn decode_yolo(
     let mut non_finite = 0;
     let mut cands = Vec::new();
     for (i, &(class, score)) in best.iter().enumerate() {
-        if !score.is_finite()
-            || !cx[i].is_finite()
-            || !cy[i].is_finite()
-            || !w[i].is_finite()
-            || !h[i].is_finite()
-        {
+        if !score.is_finite() || !cx[i].is_finite() || !cy[i].is_finite() || !w[i].is_finite() || !h[i].is_finite() {
             non_finite += 1;
             continue;
         }
@@ -179,10 +154,7 @@ pub fn decode_end2end(
     let n = match d.as_slice() {
         [1, n, 6] => *n,
         _ => {
-            return Err(PostprocessError::Shape {
-                got: shape.to_vec(),
-                expected: "[1, N, 6]".into(),
-            });
+            return Err(PostprocessError::Shape { got: shape.to_vec(), expected: "[1, N, 6]".into() });
         }
     };
     check_len(data, n * 6)?;
@@ -212,19 +184,12 @@ pub fn decode_end2end(
 /// Turns a classifier output `[1, classes]` into probabilities. Values that already are a probability distribution
 /// (all in 0..1, summing to 1) are kept, whatever the model declared; anything else is treated as logits and goes
 /// through a softmax. `declared` (the spec's belief) only decides the tie for a single-class output.
-pub fn class_probabilities(
-    data: &[f32],
-    shape: &[i64],
-    declared: bool,
-) -> Result<Vec<f32>, PostprocessError> {
+pub fn class_probabilities(data: &[f32], shape: &[i64], declared: bool) -> Result<Vec<f32>, PostprocessError> {
     let d = dims(shape);
     let classes = match d.as_slice() {
         [1, c] => *c,
         _ => {
-            return Err(PostprocessError::Shape {
-                got: shape.to_vec(),
-                expected: "[1, classes]".into(),
-            });
+            return Err(PostprocessError::Shape { got: shape.to_vec(), expected: "[1, classes]".into() });
         }
     };
     check_len(data, classes)?;
@@ -247,13 +212,7 @@ pub fn class_probabilities(
 pub fn top_k(probs: &[f32], k: usize) -> Vec<ClassScore> {
     let mut idx: Vec<usize> = (0..probs.len()).collect();
     idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-    idx.into_iter()
-        .take(k)
-        .map(|class| ClassScore {
-            class,
-            score: probs[class],
-        })
-        .collect()
+    idx.into_iter().take(k).map(|class| ClassScore { class, score: probs[class] }).collect()
 }
 
 /// Dispatches on the layout. For classifiers, returns the full probability vector in `probs`.
@@ -265,12 +224,8 @@ pub fn decode(
     transform: &Transform,
 ) -> Result<Decoded, PostprocessError> {
     Ok(match layout {
-        OutputLayout::YoloDetect { .. } => {
-            Decoded::Detections(decode_yolo(data, shape, params, transform)?)
-        }
-        OutputLayout::EndToEnd { .. } => {
-            Decoded::Detections(decode_end2end(data, shape, params, transform)?)
-        }
+        OutputLayout::YoloDetect { .. } => Decoded::Detections(decode_yolo(data, shape, params, transform)?),
+        OutputLayout::EndToEnd { .. } => Decoded::Detections(decode_end2end(data, shape, params, transform)?),
         OutputLayout::Classify { probabilities, .. } => {
             Decoded::Probabilities(class_probabilities(data, shape, probabilities)?)
         }
@@ -288,14 +243,7 @@ pub enum Decoded {
 mod tests {
     use super::*;
 
-    const IDENTITY: Transform = Transform {
-        gain_x: 1.0,
-        gain_y: 1.0,
-        pad_x: 0.0,
-        pad_y: 0.0,
-        width: 100,
-        height: 100,
-    };
+    const IDENTITY: Transform = Transform { gain_x: 1.0, gain_y: 1.0, pad_x: 0.0, pad_y: 0.0, width: 100, height: 100 };
 
     /// Builds a `[1, 4+classes, n]` tensor from (cx, cy, w, h, scores) candidates.
     fn yolo(cands: &[([f32; 4], &[f32])]) -> (Vec<f32>, Vec<i64>) {
@@ -324,41 +272,17 @@ mod tests {
     fn nms_is_class_aware_and_thresholded() {
         let p = DetectParams::default();
         // Two overlapping boxes of the same class: the weaker one goes.
-        check(
-            &[
-                ([50., 50., 20., 20.], &[0.9, 0.0]),
-                ([51., 50., 20., 20.], &[0.8, 0.0]),
-            ],
-            p,
-            &[(0, 0.9)],
-        );
+        check(&[([50., 50., 20., 20.], &[0.9, 0.0]), ([51., 50., 20., 20.], &[0.8, 0.0])], p, &[(0, 0.9)]);
         // The same boxes in different classes both stay, unless NMS is agnostic.
+        check(&[([50., 50., 20., 20.], &[0.9, 0.0]), ([51., 50., 20., 20.], &[0.0, 0.8])], p, &[(0, 0.9), (1, 0.8)]);
         check(
-            &[
-                ([50., 50., 20., 20.], &[0.9, 0.0]),
-                ([51., 50., 20., 20.], &[0.0, 0.8]),
-            ],
-            p,
-            &[(0, 0.9), (1, 0.8)],
-        );
-        check(
-            &[
-                ([50., 50., 20., 20.], &[0.9, 0.0]),
-                ([51., 50., 20., 20.], &[0.0, 0.8]),
-            ],
-            DetectParams {
-                agnostic: true,
-                ..p
-            },
+            &[([50., 50., 20., 20.], &[0.9, 0.0]), ([51., 50., 20., 20.], &[0.0, 0.8])],
+            DetectParams { agnostic: true, ..p },
             &[(0, 0.9)],
         );
         // Below or at the threshold is dropped; disjoint boxes are kept, best first.
         check(
-            &[
-                ([10., 10., 5., 5.], &[0.25]),
-                ([80., 80., 5., 5.], &[0.3]),
-                ([30., 30., 5., 5.], &[0.7]),
-            ],
+            &[([10., 10., 5., 5.], &[0.25]), ([80., 80., 5., 5.], &[0.3]), ([30., 30., 5., 5.], &[0.7])],
             p,
             &[(0, 0.7), (0, 0.3)],
         );
@@ -373,32 +297,14 @@ mod tests {
     fn malformed_outputs_are_errors() {
         let t = &IDENTITY;
         let p = &DetectParams::default();
-        assert!(matches!(
-            decode_yolo(&[0.0; 8], &[1, 4, 2], p, t),
-            Err(PostprocessError::Shape { .. })
-        ));
-        assert!(matches!(
-            decode_yolo(&[0.0; 9], &[1, 5, 2], p, t),
-            Err(PostprocessError::Length { .. })
-        ));
-        assert!(matches!(
-            decode_yolo(&[0.0; 10], &[1, -5, 2], p, t),
-            Err(PostprocessError::Shape { .. })
-        ));
+        assert!(matches!(decode_yolo(&[0.0; 8], &[1, 4, 2], p, t), Err(PostprocessError::Shape { .. })));
+        assert!(matches!(decode_yolo(&[0.0; 9], &[1, 5, 2], p, t), Err(PostprocessError::Length { .. })));
+        assert!(matches!(decode_yolo(&[0.0; 10], &[1, -5, 2], p, t), Err(PostprocessError::Shape { .. })));
         let (mut data, shape) = yolo(&[([50., 50., 20., 20.], &[0.9])]);
         data[0] = f32::NAN;
-        assert_eq!(
-            decode_yolo(&data, &shape, p, t),
-            Err(PostprocessError::NonFinite(1))
-        );
-        assert!(matches!(
-            decode_end2end(&[0.0; 7], &[1, 1, 7], p, t),
-            Err(PostprocessError::Shape { .. })
-        ));
-        assert_eq!(
-            class_probabilities(&[f32::NAN, 1.0], &[1, 2], false),
-            Err(PostprocessError::NonFinite(1))
-        );
+        assert_eq!(decode_yolo(&data, &shape, p, t), Err(PostprocessError::NonFinite(1)));
+        assert!(matches!(decode_end2end(&[0.0; 7], &[1, 1, 7], p, t), Err(PostprocessError::Shape { .. })));
+        assert_eq!(class_probabilities(&[f32::NAN, 1.0], &[1, 2], false), Err(PostprocessError::NonFinite(1)));
     }
 
     #[test]
@@ -408,14 +314,7 @@ mod tests {
             30., 30., 40., 40., 0.2, 1., //
             50., 50., 60., 60., 0.6, 0., //
         ];
-        let t = Transform {
-            gain_x: 0.5,
-            gain_y: 0.5,
-            pad_x: 0.0,
-            pad_y: 10.0,
-            width: 200,
-            height: 200,
-        };
+        let t = Transform { gain_x: 0.5, gain_y: 0.5, pad_x: 0.0, pad_y: 10.0, width: 200, height: 200 };
         let got = decode_end2end(&data, &[1, 3, 6], &DetectParams::default(), &t).expect("decodes");
         assert_eq!(got.len(), 2);
         assert_eq!((got[0].class, got[0].bbox), (3, [20.0, 0.0, 40.0, 20.0]));
@@ -427,31 +326,13 @@ mod tests {
         let probs = class_probabilities(&[1.0, 2.0, 3.0], &[1, 3], false).expect("softmax");
         assert!((probs.iter().sum::<f32>() - 1.0).abs() < 1e-6 && probs[2] > probs[1]);
         // Probabilities are kept as they are, declared or not ...
-        assert_eq!(
-            class_probabilities(&[0.2, 0.8], &[1, 2], true).expect("ok"),
-            [0.2, 0.8]
-        );
-        assert_eq!(
-            class_probabilities(&[0.2, 0.8], &[1, 2], false).expect("ok"),
-            [0.2, 0.8]
-        );
+        assert_eq!(class_probabilities(&[0.2, 0.8], &[1, 2], true).expect("ok"), [0.2, 0.8]);
+        assert_eq!(class_probabilities(&[0.2, 0.8], &[1, 2], false).expect("ok"), [0.2, 0.8]);
         // ... and logits get a softmax even when the model claimed probabilities.
         let p = class_probabilities(&[-3.0, 5.0], &[1, 2], true).expect("ok");
         assert!(p[1] > 0.99);
         let top = top_k(&[0.1, 0.5, 0.4], 2);
-        assert_eq!(
-            top,
-            [
-                ClassScore {
-                    class: 1,
-                    score: 0.5
-                },
-                ClassScore {
-                    class: 2,
-                    score: 0.4
-                }
-            ]
-        );
+        assert_eq!(top, [ClassScore { class: 1, score: 0.5 }, ClassScore { class: 2, score: 0.4 }]);
     }
 
     #[test]

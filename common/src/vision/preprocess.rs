@@ -56,12 +56,7 @@ pub fn letterbox_geometry(src_w: u32, src_h: u32, dst_w: u32, dst_h: u32) -> Let
     let dh = f64::from(dst_h - new_h) / 2.0;
     let left = (dw - 0.1).round_ties_even().max(0.0) as u32;
     let top = (dh - 0.1).round_ties_even().max(0.0) as u32;
-    LetterboxGeometry {
-        new_w,
-        new_h,
-        left,
-        top,
-    }
+    LetterboxGeometry { new_w, new_h, left, top }
 }
 
 /// Ultralytics' `scale_boxes` inverse for a letterboxed frame (it recomputes gain and pad from the sizes).
@@ -101,9 +96,7 @@ pub struct Preprocessor {
 
 impl std::fmt::Debug for Preprocessor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Preprocessor")
-            .field("spec", &self.spec)
-            .finish_non_exhaustive()
+        f.debug_struct("Preprocessor").field("spec", &self.spec).finish_non_exhaustive()
     }
 }
 
@@ -120,12 +113,7 @@ impl Preprocessor {
                 *slot = (v as f32 * n.scale - n.mean[c]) / std;
             }
         }
-        Ok(Preprocessor {
-            spec: spec.clone(),
-            resizer: Resizer::new(),
-            scratch: Vec::new(),
-            lut,
-        })
+        Ok(Preprocessor { spec: spec.clone(), resizer: Resizer::new(), scratch: Vec::new(), lut })
     }
 
     pub fn spec(&self) -> &InputSpec {
@@ -139,11 +127,7 @@ impl Preprocessor {
 
     /// Writes the input tensor for `frame` into `out` (resized to [`Self::tensor_len`]) and returns how to map model
     /// coordinates back to the frame.
-    pub fn run(
-        &mut self,
-        frame: &RgbImage,
-        out: &mut Vec<f32>,
-    ) -> Result<Transform, PreprocessError> {
+    pub fn run(&mut self, frame: &RgbImage, out: &mut Vec<f32>) -> Result<Transform, PreprocessError> {
         let (src_w, src_h) = frame.dimensions();
         if src_w == 0 || src_h == 0 {
             return Err(PreprocessError::EmptyFrame(src_w, src_h));
@@ -156,22 +140,14 @@ impl Preprocessor {
                 let alg = ResizeAlg::Interpolation(FilterType::Bilinear);
                 let resized = self.resize(frame, None, g.new_w, g.new_h, alg)?;
                 self.fill(out, pad);
-                let pixels = if resized {
-                    &self.scratch[..]
-                } else {
-                    frame.as_raw()
-                };
+                let pixels = if resized { &self.scratch[..] } else { frame.as_raw() };
                 self.write(out, pixels, g.new_w, g.new_h, g.left, g.top);
                 Ok(letterbox_transform(src_w, src_h, dst_w, dst_h))
             }
             ResizeMode::Stretch => {
                 let alg = ResizeAlg::Convolution(FilterType::Bilinear);
                 let resized = self.resize(frame, None, dst_w, dst_h, alg)?;
-                let pixels = if resized {
-                    &self.scratch[..]
-                } else {
-                    frame.as_raw()
-                };
+                let pixels = if resized { &self.scratch[..] } else { frame.as_raw() };
                 self.write(out, pixels, dst_w, dst_h, 0, 0);
                 Ok(Transform {
                     gain_x: dst_w as f32 / src_w as f32,
@@ -185,8 +161,7 @@ impl Preprocessor {
             ResizeMode::ResizeCrop => {
                 // Scale so the frame covers the input, then take the centre: the crop is done in source pixels so
                 // only the pixels that survive are resized.
-                let scale =
-                    (f64::from(dst_w) / f64::from(src_w)).max(f64::from(dst_h) / f64::from(src_h));
+                let scale = (f64::from(dst_w) / f64::from(src_w)).max(f64::from(dst_h) / f64::from(src_h));
                 let crop_w = f64::from(dst_w) / scale;
                 let crop_h = f64::from(dst_h) / scale;
                 let left = (f64::from(src_w) - crop_w) / 2.0;
@@ -194,11 +169,7 @@ impl Preprocessor {
                 let alg = ResizeAlg::Convolution(FilterType::Bilinear);
                 let crop = Some((left, top, crop_w, crop_h));
                 let resized = self.resize(frame, crop, dst_w, dst_h, alg)?;
-                let pixels = if resized {
-                    &self.scratch[..]
-                } else {
-                    frame.as_raw()
-                };
+                let pixels = if resized { &self.scratch[..] } else { frame.as_raw() };
                 self.write(out, pixels, dst_w, dst_h, 0, 0);
                 Ok(Transform {
                     gain_x: scale as f32,
@@ -225,23 +196,14 @@ impl Preprocessor {
             return Ok(false);
         }
         let err = |e: &dyn std::fmt::Display| PreprocessError::Resize(e.to_string());
-        let src = ImageRef::new(
-            frame.width(),
-            frame.height(),
-            frame.as_raw(),
-            PixelType::U8x3,
-        )
-        .map_err(|e| err(&e))?;
+        let src = ImageRef::new(frame.width(), frame.height(), frame.as_raw(), PixelType::U8x3).map_err(|e| err(&e))?;
         self.scratch.resize(w as usize * h as usize * 3, 0);
-        let mut dst =
-            Image::from_slice_u8(w, h, &mut self.scratch, PixelType::U8x3).map_err(|e| err(&e))?;
+        let mut dst = Image::from_slice_u8(w, h, &mut self.scratch, PixelType::U8x3).map_err(|e| err(&e))?;
         let mut options = ResizeOptions::new().resize_alg(alg);
         if let Some((l, t, cw, ch)) = crop {
             options = options.crop(l, t, cw, ch);
         }
-        self.resizer
-            .resize(&src, &mut dst, &options)
-            .map_err(|e| err(&e))?;
+        self.resizer.resize(&src, &mut dst, &options).map_err(|e| err(&e))?;
         Ok(true)
     }
 
@@ -273,9 +235,7 @@ impl Preprocessor {
             ColorOrder::Rgb => [0, 1, 2],
             ColorOrder::Bgr => [2, 1, 0],
         };
-        let rows = pixels
-            .chunks_exact(w * 3)
-            .take(h.min(th.saturating_sub(top)));
+        let rows = pixels.chunks_exact(w * 3).take(h.min(th.saturating_sub(top)));
         match self.spec.layout {
             Layout::Nchw => {
                 let (p0, rest) = out.split_at_mut(plane);
@@ -284,11 +244,8 @@ impl Preprocessor {
                 for (y, row) in rows.enumerate() {
                     let start = (top + y) * tw + left;
                     let n = w.min(tw - left);
-                    let (d0, d1, d2) = (
-                        &mut p0[start..start + n],
-                        &mut p1[start..start + n],
-                        &mut p2[start..start + n],
-                    );
+                    let (d0, d1, d2) =
+                        (&mut p0[start..start + n], &mut p1[start..start + n], &mut p2[start..start + n]);
                     for (x, px) in row.chunks_exact(3).take(n).enumerate() {
                         d0[x] = l0[usize::from(px[src[0]])];
                         d1[x] = l1[usize::from(px[src[1]])];
@@ -317,14 +274,7 @@ mod tests {
     use crate::vision::spec::Normalization;
 
     fn spec(w: u32, h: u32, resize: ResizeMode, layout: Layout, color: ColorOrder) -> InputSpec {
-        InputSpec {
-            width: w,
-            height: h,
-            layout,
-            color,
-            resize,
-            normalization: Normalization::UNIT,
-        }
+        InputSpec { width: w, height: h, layout, color, resize, normalization: Normalization::UNIT }
     }
 
     #[test]
@@ -340,126 +290,59 @@ mod tests {
             ((1, 1, 640), (640, 640, 0, 0)),
         ];
         for ((w, h, d), (nw, nh, l, t)) in cases {
-            assert_eq!(
-                letterbox_geometry(w, h, d, d),
-                LetterboxGeometry {
-                    new_w: nw,
-                    new_h: nh,
-                    left: l,
-                    top: t
-                }
-            );
+            assert_eq!(letterbox_geometry(w, h, d, d), LetterboxGeometry { new_w: nw, new_h: nh, left: l, top: t });
         }
     }
 
     #[test]
     fn letterbox_pads_with_114_and_maps_back() {
         let frame = RgbImage::from_pixel(200, 100, image::Rgb([255, 0, 0]));
-        let mut pre = Preprocessor::new(&spec(
-            64,
-            64,
-            ResizeMode::Letterbox { pad: 114 },
-            Layout::Nchw,
-            ColorOrder::Rgb,
-        ))
-        .expect("spec");
+        let mut pre =
+            Preprocessor::new(&spec(64, 64, ResizeMode::Letterbox { pad: 114 }, Layout::Nchw, ColorOrder::Rgb))
+                .expect("spec");
         let mut out = Vec::new();
         let t = pre.run(&frame, &mut out).expect("runs");
         assert_eq!(out.len(), 3 * 64 * 64);
         let at = |c: usize, x: usize, y: usize| out[c * 64 * 64 + y * 64 + x];
         assert!((at(0, 0, 0) - 114.0 / 255.0).abs() < 1e-6, "top padding");
-        assert!(
-            (at(0, 32, 32) - 1.0).abs() < 1e-6 && at(1, 32, 32) == 0.0,
-            "red content"
-        );
-        assert!(
-            (at(2, 63, 63) - 114.0 / 255.0).abs() < 1e-6,
-            "bottom padding"
-        );
+        assert!((at(0, 32, 32) - 1.0).abs() < 1e-6 && at(1, 32, 32) == 0.0, "red content");
+        assert!((at(2, 63, 63) - 114.0 / 255.0).abs() < 1e-6, "bottom padding");
         // Content rows 16..48: a box covering the content maps back to the whole frame.
-        assert_eq!(
-            t.to_original([0.0, 16.0, 64.0, 48.0]),
-            [0.0, 0.0, 200.0, 100.0]
-        );
+        assert_eq!(t.to_original([0.0, 16.0, 64.0, 48.0]), [0.0, 0.0, 200.0, 100.0]);
         // Boxes are clipped to the frame.
-        assert_eq!(
-            t.to_original([-10.0, 0.0, 70.0, 64.0]),
-            [0.0, 0.0, 200.0, 100.0]
-        );
+        assert_eq!(t.to_original([-10.0, 0.0, 70.0, 64.0]), [0.0, 0.0, 200.0, 100.0]);
     }
 
     #[test]
     fn bgr_nhwc_and_normalisation() {
         let frame = RgbImage::from_pixel(8, 8, image::Rgb([10, 20, 30]));
         let mut s = spec(8, 8, ResizeMode::Stretch, Layout::Nhwc, ColorOrder::Bgr);
-        s.normalization = Normalization {
-            scale: 1.0,
-            mean: [1.0, 2.0, 3.0],
-            std: [2.0, 2.0, 2.0],
-        };
+        s.normalization = Normalization { scale: 1.0, mean: [1.0, 2.0, 3.0], std: [2.0, 2.0, 2.0] };
         let mut pre = Preprocessor::new(&s).expect("spec");
         let mut out = Vec::new();
         pre.run(&frame, &mut out).expect("runs");
-        assert_eq!(
-            &out[..3],
-            &[(30.0 - 1.0) / 2.0, (20.0 - 2.0) / 2.0, (10.0 - 3.0) / 2.0]
-        );
+        assert_eq!(&out[..3], &[(30.0 - 1.0) / 2.0, (20.0 - 2.0) / 2.0, (10.0 - 3.0) / 2.0]);
     }
 
     #[test]
     fn resize_crop_keeps_the_centre() {
         // Left third black, middle white, right third black: the centre crop of a 3:1 frame is all white.
         let frame = RgbImage::from_fn(300, 100, |x, _| {
-            if (100..200).contains(&x) {
-                image::Rgb([255, 255, 255])
-            } else {
-                image::Rgb([0, 0, 0])
-            }
+            if (100..200).contains(&x) { image::Rgb([255, 255, 255]) } else { image::Rgb([0, 0, 0]) }
         });
-        let mut pre = Preprocessor::new(&spec(
-            32,
-            32,
-            ResizeMode::ResizeCrop,
-            Layout::Nchw,
-            ColorOrder::Rgb,
-        ))
-        .expect("spec");
+        let mut pre =
+            Preprocessor::new(&spec(32, 32, ResizeMode::ResizeCrop, Layout::Nchw, ColorOrder::Rgb)).expect("spec");
         let mut out = Vec::new();
         let t = pre.run(&frame, &mut out).expect("runs");
-        assert!(
-            out[32 * 16 + 16] > 0.99 && out[32 * 16 + 2] > 0.9,
-            "centre is white"
-        );
+        assert!(out[32 * 16 + 16] > 0.99 && out[32 * 16 + 2] > 0.9, "centre is white");
         let b = t.to_original([0.0, 0.0, 32.0, 32.0]);
-        assert!(
-            (b[0] - 100.0).abs() < 0.01 && (b[2] - 200.0).abs() < 0.01,
-            "{b:?}"
-        );
+        assert!((b[0] - 100.0).abs() < 0.01 && (b[2] - 200.0).abs() < 0.01, "{b:?}");
     }
 
     #[test]
     fn bad_sizes_are_errors() {
-        assert!(
-            Preprocessor::new(&spec(
-                0,
-                10,
-                ResizeMode::Stretch,
-                Layout::Nchw,
-                ColorOrder::Rgb
-            ))
-            .is_err()
-        );
-        let mut pre = Preprocessor::new(&spec(
-            8,
-            8,
-            ResizeMode::Stretch,
-            Layout::Nchw,
-            ColorOrder::Rgb,
-        ))
-        .expect("ok");
-        assert_eq!(
-            pre.run(&RgbImage::new(0, 5), &mut Vec::new()),
-            Err(PreprocessError::EmptyFrame(0, 5))
-        );
+        assert!(Preprocessor::new(&spec(0, 10, ResizeMode::Stretch, Layout::Nchw, ColorOrder::Rgb)).is_err());
+        let mut pre = Preprocessor::new(&spec(8, 8, ResizeMode::Stretch, Layout::Nchw, ColorOrder::Rgb)).expect("ok");
+        assert_eq!(pre.run(&RgbImage::new(0, 5), &mut Vec::new()), Err(PreprocessError::EmptyFrame(0, 5)));
     }
 }

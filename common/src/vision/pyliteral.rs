@@ -21,10 +21,7 @@ impl<'a> Cursor<'a> {
     }
 
     fn err<T>(&self, reason: impl Into<String>) -> Result<T, LiteralError> {
-        Err(LiteralError {
-            reason: reason.into(),
-            at: self.pos,
-        })
+        Err(LiteralError { reason: reason.into(), at: self.pos })
     }
 
     fn rest(&self) -> &'a str {
@@ -51,28 +48,18 @@ impl<'a> Cursor<'a> {
     }
 
     fn expect(&mut self, c: char) -> Result<(), LiteralError> {
-        if self.eat(c) {
-            Ok(())
-        } else {
-            self.err(format!("expected `{c}`"))
-        }
+        if self.eat(c) { Ok(()) } else { self.err(format!("expected `{c}`")) }
     }
 
     fn end(&mut self) -> Result<(), LiteralError> {
-        if self.peek().is_some() {
-            self.err("unexpected trailing text")
-        } else {
-            Ok(())
-        }
+        if self.peek().is_some() { self.err("unexpected trailing text") } else { Ok(()) }
     }
 
     fn int(&mut self) -> Result<i64, LiteralError> {
         self.skip_ws();
         let rest = self.rest();
-        let len = rest
-            .char_indices()
-            .take_while(|&(i, c)| c.is_ascii_digit() || (i == 0 && (c == '-' || c == '+')))
-            .count();
+        let len =
+            rest.char_indices().take_while(|&(i, c)| c.is_ascii_digit() || (i == 0 && (c == '-' || c == '+'))).count();
         match rest[..len].parse::<i64>() {
             Ok(v) => {
                 self.pos += len;
@@ -159,10 +146,7 @@ pub fn parse_names(text: &str) -> Result<Vec<String>, LiteralError> {
     pairs.sort_by_key(|(k, _)| *k);
     for (i, (k, _)) in pairs.iter().enumerate() {
         if usize::try_from(*k).ok() != Some(i) {
-            return Err(LiteralError {
-                reason: format!("class ids must be 0..{} without gaps", pairs.len()),
-                at: 0,
-            });
+            return Err(LiteralError { reason: format!("class ids must be 0..{} without gaps", pairs.len()), at: 0 });
         }
     }
     Ok(pairs.into_iter().map(|(_, v)| v).collect())
@@ -197,10 +181,7 @@ pub fn parse_bool(text: &str) -> Result<bool, LiteralError> {
     match text.trim() {
         "True" | "true" | "1" => Ok(true),
         "False" | "false" | "0" => Ok(false),
-        _ => Err(LiteralError {
-            reason: format!("`{text}` is not True or False"),
-            at: 0,
-        }),
+        _ => Err(LiteralError { reason: format!("`{text}` is not True or False"), at: 0 }),
     }
 }
 
@@ -220,10 +201,7 @@ mod tests {
 
     #[test]
     fn names() {
-        check_names(
-            "{0: 'scratch', 1: 'dent', 2: 'stain'}",
-            Ok(&["scratch", "dent", "stain"]),
-        );
+        check_names("{0: 'scratch', 1: 'dent', 2: 'stain'}", Ok(&["scratch", "dent", "stain"]));
         check_names("{1: 'b', 0: 'a'}", Ok(&["a", "b"]));
         check_names(
             r#"{0: "it's", 1: 'say \'hi\'', 2: 'caf\xe9', 3: '\u00e9t\u00e9'}"#,

@@ -67,17 +67,10 @@ pub struct Normalization {
 
 impl Normalization {
     /// Pixels scaled to 0..1, no mean or std: what Ultralytics models expect.
-    pub const UNIT: Normalization = Normalization {
-        scale: 1.0 / 255.0,
-        mean: [0.0; 3],
-        std: [1.0; 3],
-    };
+    pub const UNIT: Normalization = Normalization { scale: 1.0 / 255.0, mean: [0.0; 3], std: [1.0; 3] };
     /// The ImageNet statistics most torchvision-style classifiers were trained with.
-    pub const IMAGENET: Normalization = Normalization {
-        scale: 1.0 / 255.0,
-        mean: [0.485, 0.456, 0.406],
-        std: [0.229, 0.224, 0.225],
-    };
+    pub const IMAGENET: Normalization =
+        Normalization { scale: 1.0 / 255.0, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
 }
 
 /// How to turn an image into the model's input tensor.
@@ -149,17 +142,12 @@ pub struct SpecSources {
 impl ModelSpec {
     /// The label of class `class`, or its number when the model carries no name for it.
     pub fn label(&self, class: usize) -> String {
-        self.labels
-            .get(class)
-            .cloned()
-            .unwrap_or_else(|| class.to_string())
+        self.labels.get(class).cloned().unwrap_or_else(|| class.to_string())
     }
 
     pub fn num_classes(&self) -> usize {
         match self.output {
-            OutputLayout::YoloDetect { classes, .. } | OutputLayout::Classify { classes, .. } => {
-                classes
-            }
+            OutputLayout::YoloDetect { classes, .. } | OutputLayout::Classify { classes, .. } => classes,
             OutputLayout::EndToEnd { .. } => self.labels.len(),
         }
     }
@@ -211,9 +199,7 @@ pub struct ModelInfo {
 pub enum SpecError {
     #[error("the model has {0} inputs; Outpost runs models with exactly one image input")]
     InputCount(usize),
-    #[error(
-        "input `{name}` has shape {shape}; expected an image tensor [1, 3, H, W] or [1, H, W, 3]"
-    )]
+    #[error("input `{name}` has shape {shape}; expected an image tensor [1, 3, H, W] or [1, H, W, 3]")]
     InputShape { name: String, shape: String },
     #[error("input `{name}` is {element:?}; Outpost feeds float32 images")]
     InputType { name: String, element: ElementType },
@@ -226,17 +212,13 @@ pub enum SpecError {
     OutputLayout { name: String, shape: String },
     #[error("output `{name}` is {element:?}; Outpost reads float32 outputs")]
     OutputType { name: String, element: ElementType },
-    #[error(
-        "the model's metadata says task `{task}`, but its output {shape} is not laid out for it"
-    )]
+    #[error("the model's metadata says task `{task}`, but its output {shape} is not laid out for it")]
     TaskMismatch { task: String, shape: String },
     #[error("unsupported task `{0}` in the model's metadata (Outpost runs classify and detect)")]
     UnsupportedTask(String),
     #[error("metadata `{key}` could not be read: {reason}")]
     Metadata { key: String, reason: String },
-    #[error(
-        "the input size is dynamic and neither the metadata nor the caller says which size to use"
-    )]
+    #[error("the input size is dynamic and neither the metadata nor the caller says which size to use")]
     UnknownInputSize,
     #[error("{labels} labels were given, but the model outputs {classes} classes")]
     LabelCount { labels: usize, classes: usize },
@@ -246,10 +228,7 @@ pub enum SpecError {
 const DEFAULT_DYNAMIC_SIZE: u32 = 640;
 
 fn fmt_shape(shape: &[Option<usize>]) -> String {
-    let dims: Vec<String> = shape
-        .iter()
-        .map(|d| d.map_or_else(|| "?".to_string(), |d| d.to_string()))
-        .collect();
+    let dims: Vec<String> = shape.iter().map(|d| d.map_or_else(|| "?".to_string(), |d| d.to_string())).collect();
     format!("[{}]", dims.join(", "))
 }
 
@@ -264,17 +243,11 @@ struct Ultralytics {
 }
 
 fn meta_err(key: &str, reason: impl ToString) -> SpecError {
-    SpecError::Metadata {
-        key: key.to_string(),
-        reason: reason.to_string(),
-    }
+    SpecError::Metadata { key: key.to_string(), reason: reason.to_string() }
 }
 
 fn read_ultralytics(meta: &BTreeMap<String, String>) -> Result<Ultralytics, SpecError> {
-    let mut u = Ultralytics {
-        task: meta.get("task").map(|t| t.trim().to_string()),
-        ..Default::default()
-    };
+    let mut u = Ultralytics { task: meta.get("task").map(|t| t.trim().to_string()), ..Default::default() };
     if let Some(raw) = meta.get("imgsz") {
         let sizes = pyliteral::parse_int_list(raw).map_err(|e| meta_err("imgsz", e))?;
         let to_u32 = |v: i64| u32::try_from(v).ok().filter(|v| (1..=16384).contains(v));
@@ -284,18 +257,11 @@ fn read_ultralytics(meta: &BTreeMap<String, String>) -> Result<Ultralytics, Spec
             _ => None,
         };
         if u.imgsz.is_none() {
-            return Err(meta_err(
-                "imgsz",
-                format!("`{raw}` is not one or two sizes between 1 and 16384"),
-            ));
+            return Err(meta_err("imgsz", format!("`{raw}` is not one or two sizes between 1 and 16384")));
         }
     }
     if let Some(raw) = meta.get("stride") {
-        u.stride = Some(
-            raw.trim()
-                .parse()
-                .map_err(|_| meta_err("stride", format!("`{raw}` is not an integer")))?,
-        );
+        u.stride = Some(raw.trim().parse().map_err(|_| meta_err("stride", format!("`{raw}` is not an integer")))?);
     }
     if let Some(raw) = meta.get("end2end") {
         u.end2end = Some(pyliteral::parse_bool(raw).map_err(|e| meta_err("end2end", e))?);
@@ -308,10 +274,7 @@ fn read_ultralytics(meta: &BTreeMap<String, String>) -> Result<Ultralytics, Spec
 
 /// Finds the image size in an input shape and says whether the layout is NCHW. `None` dims are dynamic.
 fn image_input(input: &TensorInfo) -> Result<(Layout, Option<usize>, Option<usize>), SpecError> {
-    let bad = || SpecError::InputShape {
-        name: input.name.clone(),
-        shape: fmt_shape(&input.shape),
-    };
+    let bad = || SpecError::InputShape { name: input.name.clone(), shape: fmt_shape(&input.shape) };
     match input.shape.as_slice() {
         [_, Some(3), h, w] => Ok((Layout::Nchw, *h, *w)),
         [_, h, w, Some(3)] => Ok((Layout::Nhwc, *h, *w)),
@@ -322,36 +285,20 @@ fn image_input(input: &TensorInfo) -> Result<(Layout, Option<usize>, Option<usiz
 }
 
 /// Reads the output layout from its shape; `end2end` and `task` from metadata break ties.
-fn output_layout(
-    output: &TensorInfo,
-    end2end: Option<bool>,
-    task: Option<Task>,
-) -> Result<OutputLayout, SpecError> {
-    let bad = || SpecError::OutputLayout {
-        name: output.name.clone(),
-        shape: fmt_shape(&output.shape),
-    };
+fn output_layout(output: &TensorInfo, end2end: Option<bool>, task: Option<Task>) -> Result<OutputLayout, SpecError> {
+    let bad = || SpecError::OutputLayout { name: output.name.clone(), shape: fmt_shape(&output.shape) };
     match output.shape.as_slice() {
-        [_, Some(c)] if *c >= 1 && task != Some(Task::Detect) => Ok(OutputLayout::Classify {
-            classes: *c,
-            probabilities: false,
-        }),
+        [_, Some(c)] if *c >= 1 && task != Some(Task::Detect) => {
+            Ok(OutputLayout::Classify { classes: *c, probabilities: false })
+        }
         [_, Some(n), Some(6)] if end2end != Some(false) && task != Some(Task::Classify) => {
             Ok(OutputLayout::EndToEnd { max_det: *n })
         }
-        [_, Some(c), Some(n)]
-            if *c > 4 && task != Some(Task::Classify) && end2end != Some(true) =>
-        {
-            Ok(OutputLayout::YoloDetect {
-                classes: c - 4,
-                candidates: *n,
-            })
+        [_, Some(c), Some(n)] if *c > 4 && task != Some(Task::Classify) && end2end != Some(true) => {
+            Ok(OutputLayout::YoloDetect { classes: c - 4, candidates: *n })
         }
         [_, Some(c), None] if *c > 4 && task != Some(Task::Classify) && end2end != Some(true) => {
-            Ok(OutputLayout::YoloDetect {
-                classes: c - 4,
-                candidates: 0,
-            })
+            Ok(OutputLayout::YoloDetect { classes: c - 4, candidates: 0 })
         }
         _ => Err(bad()),
     }
@@ -364,17 +311,11 @@ pub fn resolve(info: &ModelInfo, hints: &SpecHints) -> Result<ModelSpec, SpecErr
         more => return Err(SpecError::InputCount(more.len())),
     };
     if input.element != ElementType::F32 {
-        return Err(SpecError::InputType {
-            name: input.name.clone(),
-            element: input.element,
-        });
+        return Err(SpecError::InputType { name: input.name.clone(), element: input.element });
     }
     let output = info.outputs.first().ok_or(SpecError::NoOutputs)?;
     if output.element != ElementType::F32 {
-        return Err(SpecError::OutputType {
-            name: output.name.clone(),
-            element: output.element,
-        });
+        return Err(SpecError::OutputType { name: output.name.clone(), element: output.element });
     }
     let ultra = read_ultralytics(&info.metadata)?;
 
@@ -385,18 +326,12 @@ pub fn resolve(info: &ModelInfo, hints: &SpecHints) -> Result<ModelSpec, SpecErr
         Some(other) => return Err(SpecError::UnsupportedTask(other.to_string())),
     };
     let wanted_task = meta_task.or(hints.task);
-    let layout =
-        output_layout(output, ultra.end2end, wanted_task).map_err(|e| match (wanted_task, e) {
-            (Some(t), SpecError::OutputLayout { shape, .. })
-                if output_layout(output, None, None).is_ok() =>
-            {
-                SpecError::TaskMismatch {
-                    task: t.as_str().to_string(),
-                    shape,
-                }
-            }
-            (_, e) => e,
-        })?;
+    let layout = output_layout(output, ultra.end2end, wanted_task).map_err(|e| match (wanted_task, e) {
+        (Some(t), SpecError::OutputLayout { shape, .. }) if output_layout(output, None, None).is_ok() => {
+            SpecError::TaskMismatch { task: t.as_str().to_string(), shape }
+        }
+        (_, e) => e,
+    })?;
     let task = layout.task();
     let task_source = if meta_task.is_some() {
         SpecSource::Metadata
@@ -419,10 +354,7 @@ pub fn resolve(info: &ModelInfo, hints: &SpecHints) -> Result<ModelSpec, SpecErr
         let s = to_u32(h.or(w).unwrap_or(0));
         ((s, s), SpecSource::Shapes)
     } else {
-        (
-            (DEFAULT_DYNAMIC_SIZE, DEFAULT_DYNAMIC_SIZE),
-            SpecSource::Default,
-        )
+        ((DEFAULT_DYNAMIC_SIZE, DEFAULT_DYNAMIC_SIZE), SpecSource::Default)
     };
     // A fixed input dimension wins over anything that disagrees with it: the model cannot run otherwise.
     let height = h.map_or(height, to_u32);
@@ -448,29 +380,21 @@ pub fn resolve(info: &ModelInfo, hints: &SpecHints) -> Result<ModelSpec, SpecErr
     };
     // Ultralytics models are fed exactly as Ultralytics feeds them; an explicit spec describes other models.
     let input_spec = match (&hints.input, ultra.task.is_some()) {
-        (Some(explicit), false) => InputSpec {
-            width,
-            height,
-            layout: tensor_layout,
-            ..explicit.clone()
-        },
+        (Some(explicit), false) => InputSpec { width, height, layout: tensor_layout, ..explicit.clone() },
         _ => default_input,
     };
 
     // Ultralytics classifiers end in a softmax; any other classifier is assumed to output logits unless its
     // values say otherwise at run time (see postprocess::classify).
     let output = match layout {
-        OutputLayout::Classify { classes, .. } => OutputLayout::Classify {
-            classes,
-            probabilities: ultra.task.as_deref() == Some("classify"),
-        },
+        OutputLayout::Classify { classes, .. } => {
+            OutputLayout::Classify { classes, probabilities: ultra.task.as_deref() == Some("classify") }
+        }
         other => other,
     };
 
     let classes = match output {
-        OutputLayout::YoloDetect { classes, .. } | OutputLayout::Classify { classes, .. } => {
-            Some(classes)
-        }
+        OutputLayout::YoloDetect { classes, .. } | OutputLayout::Classify { classes, .. } => Some(classes),
         OutputLayout::EndToEnd { .. } => None,
     };
     let (labels, labels_source) = if let Some(names) = ultra.names {
@@ -478,18 +402,12 @@ pub fn resolve(info: &ModelInfo, hints: &SpecHints) -> Result<ModelSpec, SpecErr
     } else if let Some(labels) = &hints.labels {
         (labels.clone(), SpecSource::Explicit)
     } else {
-        (
-            (0..classes.unwrap_or(0)).map(|i| i.to_string()).collect(),
-            SpecSource::Shapes,
-        )
+        ((0..classes.unwrap_or(0)).map(|i| i.to_string()).collect(), SpecSource::Shapes)
     };
     if let Some(classes) = classes
         && labels.len() != classes
     {
-        return Err(SpecError::LabelCount {
-            labels: labels.len(),
-            classes,
-        });
+        return Err(SpecError::LabelCount { labels: labels.len(), classes });
     }
 
     Ok(ModelSpec {
@@ -501,19 +419,12 @@ pub fn resolve(info: &ModelInfo, hints: &SpecHints) -> Result<ModelSpec, SpecErr
         output,
         labels,
         stride: ultra.stride,
-        sources: SpecSources {
-            task: task_source,
-            input_size: size_source,
-            labels: labels_source,
-        },
+        sources: SpecSources { task: task_source, input_size: size_source, labels: labels_source },
     })
 }
 
 fn output_name(info: &ModelInfo) -> String {
-    info.outputs
-        .first()
-        .map(|o| o.name.clone())
-        .unwrap_or_default()
+    info.outputs.first().map(|o| o.name.clone()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -532,29 +443,16 @@ mod tests {
         ModelInfo {
             inputs: vec![tensor("images", input)],
             outputs: vec![tensor("output0", output)],
-            metadata: meta
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            metadata: meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         }
     }
 
-    fn check(
-        info: ModelInfo,
-        hints: SpecHints,
-        expected: Result<(Task, u32, u32, OutputLayout, usize), &str>,
-    ) {
+    fn check(info: ModelInfo, hints: SpecHints, expected: Result<(Task, u32, u32, OutputLayout, usize), &str>) {
         let got = resolve(&info, &hints);
         match (got, expected) {
             (Ok(spec), Ok((task, w, h, layout, labels))) => {
                 assert_eq!(
-                    (
-                        spec.task,
-                        spec.input.width,
-                        spec.input.height,
-                        spec.output,
-                        spec.labels.len()
-                    ),
+                    (spec.task, spec.input.width, spec.input.height, spec.output, spec.labels.len()),
                     (task, w, h, layout, labels)
                 );
             }
@@ -578,56 +476,17 @@ mod tests {
         check(
             info(&[1, 3, 320, 320], &[1, 7, 2100], DEFECT_META),
             SpecHints::default(),
-            Ok((
-                Task::Detect,
-                320,
-                320,
-                OutputLayout::YoloDetect {
-                    classes: 3,
-                    candidates: 2100,
-                },
-                3,
-            )),
+            Ok((Task::Detect, 320, 320, OutputLayout::YoloDetect { classes: 3, candidates: 2100 }, 3)),
         );
         check(
-            info(
-                &[1, 3, 640, 640],
-                &[1, 300, 6],
-                &[
-                    ("task", "detect"),
-                    ("end2end", "True"),
-                    ("imgsz", "[640, 640]"),
-                ],
-            ),
-            SpecHints {
-                labels: Some(vec!["a".into(), "b".into()]),
-                ..Default::default()
-            },
-            Ok((
-                Task::Detect,
-                640,
-                640,
-                OutputLayout::EndToEnd { max_det: 300 },
-                2,
-            )),
+            info(&[1, 3, 640, 640], &[1, 300, 6], &[("task", "detect"), ("end2end", "True"), ("imgsz", "[640, 640]")]),
+            SpecHints { labels: Some(vec!["a".into(), "b".into()]), ..Default::default() },
+            Ok((Task::Detect, 640, 640, OutputLayout::EndToEnd { max_det: 300 }, 2)),
         );
         check(
-            info(
-                &[1, 3, 224, 224],
-                &[1, 1000],
-                &[("task", "classify"), ("imgsz", "[224, 224]")],
-            ),
+            info(&[1, 3, 224, 224], &[1, 1000], &[("task", "classify"), ("imgsz", "[224, 224]")]),
             SpecHints::default(),
-            Ok((
-                Task::Classify,
-                224,
-                224,
-                OutputLayout::Classify {
-                    classes: 1000,
-                    probabilities: true,
-                },
-                1000,
-            )),
+            Ok((Task::Classify, 224, 224, OutputLayout::Classify { classes: 1000, probabilities: true }, 1000)),
         );
     }
 
@@ -636,45 +495,18 @@ mod tests {
         check(
             info(&[1, 3, 256, 256], &[1, 10], &[]),
             SpecHints::default(),
-            Ok((
-                Task::Classify,
-                256,
-                256,
-                OutputLayout::Classify {
-                    classes: 10,
-                    probabilities: false,
-                },
-                10,
-            )),
+            Ok((Task::Classify, 256, 256, OutputLayout::Classify { classes: 10, probabilities: false }, 10)),
         );
         check(
             info(&[1, 3, 640, 640], &[1, 84, 8400], &[]),
             SpecHints::default(),
-            Ok((
-                Task::Detect,
-                640,
-                640,
-                OutputLayout::YoloDetect {
-                    classes: 80,
-                    candidates: 8400,
-                },
-                80,
-            )),
+            Ok((Task::Detect, 640, 640, OutputLayout::YoloDetect { classes: 80, candidates: 8400 }, 80)),
         );
         // Two classes in the YOLO layout is [1, 6, N]; the end-to-end layout is [1, N, 6].
         check(
             info(&[1, 3, 640, 640], &[1, 6, 8400], &[]),
             SpecHints::default(),
-            Ok((
-                Task::Detect,
-                640,
-                640,
-                OutputLayout::YoloDetect {
-                    classes: 2,
-                    candidates: 8400,
-                },
-                2,
-            )),
+            Ok((Task::Detect, 640, 640, OutputLayout::YoloDetect { classes: 2, candidates: 8400 }, 2)),
         );
     }
 
@@ -684,16 +516,7 @@ mod tests {
         check(
             info(&[-1, 3, -1, -1], &[1, 7, -1], DEFECT_META),
             SpecHints::default(),
-            Ok((
-                Task::Detect,
-                320,
-                320,
-                OutputLayout::YoloDetect {
-                    classes: 3,
-                    candidates: 0,
-                },
-                3,
-            )),
+            Ok((Task::Detect, 320, 320, OutputLayout::YoloDetect { classes: 3, candidates: 0 }, 3)),
         );
         let explicit = InputSpec {
             width: 160,
@@ -705,10 +528,7 @@ mod tests {
         };
         let spec = resolve(
             &info(&[1, 3, -1, -1], &[1, 4], &[]),
-            &SpecHints {
-                input: Some(explicit.clone()),
-                ..Default::default()
-            },
+            &SpecHints { input: Some(explicit.clone()), ..Default::default() },
         )
         .expect("resolves");
         assert!(spec.dynamic_input);
@@ -717,16 +537,7 @@ mod tests {
         check(
             info(&[1, 3, -1, -1], &[1, 4], &[]),
             SpecHints::default(),
-            Ok((
-                Task::Classify,
-                640,
-                640,
-                OutputLayout::Classify {
-                    classes: 4,
-                    probabilities: false,
-                },
-                4,
-            )),
+            Ok((Task::Classify, 640, 640, OutputLayout::Classify { classes: 4, probabilities: false }, 4)),
         );
     }
 
@@ -737,49 +548,22 @@ mod tests {
             SpecHints::default(),
             Err("not a layout Outpost understands"),
         );
-        check(
-            info(&[1, 3, 64, 64], &[10], &[]),
-            SpecHints::default(),
-            Err("not a layout Outpost understands"),
-        );
-        check(
-            info(&[1, 64], &[1, 10], &[]),
-            SpecHints::default(),
-            Err("expected an image tensor"),
-        );
-        check(
-            info(&[1, 3, 64, 64], &[1, 10], &[("task", "segment")]),
-            SpecHints::default(),
-            Err("unsupported task"),
-        );
-        check(
-            info(&[1, 3, 64, 64], &[1, 10], &[("task", "detect")]),
-            SpecHints::default(),
-            Err("not laid out for it"),
-        );
+        check(info(&[1, 3, 64, 64], &[10], &[]), SpecHints::default(), Err("not a layout Outpost understands"));
+        check(info(&[1, 64], &[1, 10], &[]), SpecHints::default(), Err("expected an image tensor"));
+        check(info(&[1, 3, 64, 64], &[1, 10], &[("task", "segment")]), SpecHints::default(), Err("unsupported task"));
+        check(info(&[1, 3, 64, 64], &[1, 10], &[("task", "detect")]), SpecHints::default(), Err("not laid out for it"));
         check(
             info(&[1, 3, 64, 64], &[1, 10], &[("names", "{0: 'a'}")]),
             SpecHints::default(),
             Err("1 labels were given, but the model outputs 10 classes"),
         );
-        check(
-            info(&[1, 3, 64, 64], &[1, 10], &[("imgsz", "[0]")]),
-            SpecHints::default(),
-            Err("metadata `imgsz`"),
-        );
-        check(
-            info(&[1, 3, 64, 64], &[1, 10], &[("names", "{0: 'a',")]),
-            SpecHints::default(),
-            Err("metadata `names`"),
-        );
+        check(info(&[1, 3, 64, 64], &[1, 10], &[("imgsz", "[0]")]), SpecHints::default(), Err("metadata `imgsz`"));
+        check(info(&[1, 3, 64, 64], &[1, 10], &[("names", "{0: 'a',")]), SpecHints::default(), Err("metadata `names`"));
     }
 
     #[test]
     fn explicit_labels_fill_missing_metadata() {
-        let hints = SpecHints {
-            labels: Some(vec!["ok".into(), "ng".into()]),
-            ..Default::default()
-        };
+        let hints = SpecHints { labels: Some(vec!["ok".into(), "ng".into()]), ..Default::default() };
         let spec = resolve(&info(&[1, 3, 32, 32], &[1, 2], &[]), &hints).expect("resolves");
         assert_eq!(spec.labels, ["ok", "ng"]);
         assert_eq!(spec.label(1), "ng");

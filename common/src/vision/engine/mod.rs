@@ -12,9 +12,7 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
-pub use runtime::{
-    LibrarySource, PROVISIONED_VERSION, Runtime, RuntimeError, candidates as library_candidates,
-};
+pub use runtime::{LibrarySource, PROVISIONED_VERSION, Runtime, RuntimeError, candidates as library_candidates};
 
 use super::spec::{self, ElementType, ModelInfo, ModelSpec, SpecError, SpecHints, TensorInfo};
 
@@ -42,11 +40,7 @@ pub enum EngineError {
     #[error("session options rejected: {0}")]
     Options(String),
     #[error("input has {got} values but shape {shape:?} needs {want}")]
-    InputSize {
-        got: usize,
-        want: usize,
-        shape: Vec<usize>,
-    },
+    InputSize { got: usize, want: usize, shape: Vec<usize> },
     #[error("inference failed: {0}")]
     Run(String),
     #[error("output `{name}` could not be read as float32: {reason}")]
@@ -84,34 +78,20 @@ fn tensor_info(name: &str, ty: &ValueType) -> TensorInfo {
             element: element(*ty),
             shape: shape.iter().map(|&d| usize::try_from(d).ok()).collect(),
         },
-        _ => TensorInfo {
-            name: name.to_string(),
-            element: ElementType::Other,
-            shape: Vec::new(),
-        },
+        _ => TensorInfo { name: name.to_string(), element: ElementType::Other, shape: Vec::new() },
     }
 }
 
 impl Model {
     /// Loads a model from a file.
-    pub fn from_path(
-        rt: &Runtime,
-        path: &Path,
-        options: &EngineOptions,
-    ) -> Result<Model, EngineError> {
-        let bytes = std::fs::read(path).map_err(|e| EngineError::Read {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+    pub fn from_path(rt: &Runtime, path: &Path, options: &EngineOptions) -> Result<Model, EngineError> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| EngineError::Read { path: path.display().to_string(), reason: e.to_string() })?;
         Self::from_bytes(rt, &bytes, options)
     }
 
     /// Loads a model from its bytes. The bytes are copied into ONNX Runtime and can be dropped afterwards.
-    pub fn from_bytes(
-        rt: &Runtime,
-        bytes: &[u8],
-        options: &EngineOptions,
-    ) -> Result<Model, EngineError> {
+    pub fn from_bytes(rt: &Runtime, bytes: &[u8], options: &EngineOptions) -> Result<Model, EngineError> {
         if bytes.is_empty() {
             return Err(EngineError::Empty);
         }
@@ -129,13 +109,9 @@ impl Model {
             .with_inter_threads(1)
             .map_err(opt)?;
         if options.intra_threads > 0 {
-            builder = builder
-                .with_intra_threads(options.intra_threads)
-                .map_err(opt)?;
+            builder = builder.with_intra_threads(options.intra_threads).map_err(opt)?;
         }
-        let session = builder
-            .commit_from_memory(bytes)
-            .map_err(|e| EngineError::Load(e.to_string()))?;
+        let session = builder.commit_from_memory(bytes).map_err(|e| EngineError::Load(e.to_string()))?;
 
         let mut metadata = BTreeMap::new();
         if let Ok(meta) = session.metadata() {
@@ -146,16 +122,8 @@ impl Model {
             }
         }
         let info = ModelInfo {
-            inputs: session
-                .inputs()
-                .iter()
-                .map(|o| tensor_info(o.name(), o.dtype()))
-                .collect(),
-            outputs: session
-                .outputs()
-                .iter()
-                .map(|o| tensor_info(o.name(), o.dtype()))
-                .collect(),
+            inputs: session.inputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect(),
+            outputs: session.outputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect(),
             metadata,
         };
         Ok(Model { session, info })
@@ -173,11 +141,7 @@ impl Model {
 
     /// True when the model takes a batch of any size in one run.
     pub fn batch_dynamic(&self) -> bool {
-        self.info
-            .inputs
-            .first()
-            .and_then(|i| i.shape.first())
-            .is_some_and(Option::is_none)
+        self.info.inputs.first().and_then(|i| i.shape.first()).is_some_and(Option::is_none)
     }
 
     /// Runs the model on one input tensor and hands the first output to `read` without copying it.
@@ -189,37 +153,17 @@ impl Model {
     ) -> Result<R, EngineError> {
         let want = shape.iter().product::<usize>();
         if input.len() != want {
-            return Err(EngineError::InputSize {
-                got: input.len(),
-                want,
-                shape: shape.to_vec(),
-            });
+            return Err(EngineError::InputSize { got: input.len(), want, shape: shape.to_vec() });
         }
-        let tensor = TensorRef::from_array_view((shape, input))
-            .map_err(|e| EngineError::Run(e.to_string()))?;
-        let input_name = self
-            .info
-            .inputs
-            .first()
-            .map(|i| i.name.clone())
-            .unwrap_or_default();
-        let outputs = self
-            .session
-            .run(ort::inputs![input_name => tensor])
-            .map_err(|e| EngineError::Run(e.to_string()))?;
-        let name = self
-            .info
-            .outputs
-            .first()
-            .map(|o| o.name.as_str())
-            .unwrap_or_default();
+        let tensor = TensorRef::from_array_view((shape, input)).map_err(|e| EngineError::Run(e.to_string()))?;
+        let input_name = self.info.inputs.first().map(|i| i.name.clone()).unwrap_or_default();
+        let outputs =
+            self.session.run(ort::inputs![input_name => tensor]).map_err(|e| EngineError::Run(e.to_string()))?;
+        let name = self.info.outputs.first().map(|o| o.name.as_str()).unwrap_or_default();
         let value = &outputs[0];
         let (shape, data) = value
             .try_extract_tensor::<f32>()
-            .map_err(|e| EngineError::Output {
-                name: name.to_string(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| EngineError::Output { name: name.to_string(), reason: e.to_string() })?;
         Ok(read(OutputView { shape, data }))
     }
 }

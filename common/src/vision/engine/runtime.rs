@@ -43,11 +43,7 @@ pub enum RuntimeError {
     #[error("ONNX Runtime library not found; tried: {tried}; {FIX}")]
     NotFound { tried: String },
     #[error("ONNX Runtime library at {path} ({source_kind}) could not be loaded: {reason}; {FIX}")]
-    Unloadable {
-        path: PathBuf,
-        source_kind: LibrarySource,
-        reason: String,
-    },
+    Unloadable { path: PathBuf, source_kind: LibrarySource, reason: String },
     #[error("ONNX Runtime environment could not be created: {0}")]
     Environment(String),
 }
@@ -66,33 +62,20 @@ impl Runtime {
     /// Loads ONNX Runtime, once per process. Later calls return the same runtime (an explicit path given after the
     /// first successful load is ignored, as the library cannot be swapped in a running process).
     pub fn init(explicit: Option<&Path>) -> Result<&'static Runtime, RuntimeError> {
-        let mut slot = RUNTIME
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut slot = RUNTIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(rt) = *slot {
             return Ok(rt);
         }
-        let candidates = candidates(
-            explicit,
-            std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from),
-        );
+        let candidates = candidates(explicit, std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from));
         let (path, source) = pick(&candidates)?;
         let env = ort::init_from(&path)
-            .map_err(|e| RuntimeError::Unloadable {
-                path: path.clone(),
-                source_kind: source,
-                reason: e.to_string(),
-            })?
+            .map_err(|e| RuntimeError::Unloadable { path: path.clone(), source_kind: source, reason: e.to_string() })?
             .with_name("outpost")
             .with_telemetry(false)
             .build()
             .map_err(|e| RuntimeError::Environment(e.to_string()))?;
         tracing::debug!(library = %path.display(), source = %source, "ONNX Runtime loaded");
-        let rt: &'static Runtime = Box::leak(Box::new(Runtime {
-            env,
-            library: path,
-            source,
-        }));
+        let rt: &'static Runtime = Box::leak(Box::new(Runtime { env, library: path, source }));
         *slot = Some(rt);
         Ok(rt)
     }
@@ -117,18 +100,9 @@ pub fn candidates(explicit: Option<&Path>, env: Option<PathBuf>) -> Vec<(PathBuf
     if let Some(p) = env.filter(|p| !p.as_os_str().is_empty()) {
         out.push((p, LibrarySource::Environment));
     }
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join("lib")))
-    {
-        out.push((
-            dir.join(format!("libonnxruntime.so.{PROVISIONED_VERSION}")),
-            LibrarySource::NextToExecutable,
-        ));
-        out.push((
-            dir.join("libonnxruntime.so"),
-            LibrarySource::NextToExecutable,
-        ));
+    if let Some(dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join("lib"))) {
+        out.push((dir.join(format!("libonnxruntime.so.{PROVISIONED_VERSION}")), LibrarySource::NextToExecutable));
+        out.push((dir.join("libonnxruntime.so"), LibrarySource::NextToExecutable));
     }
     out.push((PathBuf::from(BUILD_CACHE), LibrarySource::BuildCache));
     out
@@ -149,13 +123,8 @@ fn pick(candidates: &[(PathBuf, LibrarySource)]) -> Result<(PathBuf, LibrarySour
             });
         }
     }
-    let tried: Vec<String> = candidates
-        .iter()
-        .map(|(p, s)| format!("{} ({s})", p.display()))
-        .collect();
-    Err(RuntimeError::NotFound {
-        tried: tried.join(", "),
-    })
+    let tried: Vec<String> = candidates.iter().map(|(p, s)| format!("{} ({s})", p.display())).collect();
+    Err(RuntimeError::NotFound { tried: tried.join(", ") })
 }
 
 #[cfg(test)]
@@ -164,10 +133,7 @@ mod tests {
 
     #[test]
     fn lookup_order() {
-        let got = candidates(
-            Some(Path::new("/opt/ort.so")),
-            Some(PathBuf::from("/env/ort.so")),
-        );
+        let got = candidates(Some(Path::new("/opt/ort.so")), Some(PathBuf::from("/env/ort.so")));
         let sources: Vec<LibrarySource> = got.iter().map(|(_, s)| *s).collect();
         assert_eq!(
             sources,
@@ -181,33 +147,19 @@ mod tests {
         );
         assert_eq!(got[0].0, Path::new("/opt/ort.so"));
         // An empty ORT_DYLIB_PATH is the same as none.
-        assert_eq!(
-            candidates(None, Some(PathBuf::new()))[0].1,
-            LibrarySource::NextToExecutable
-        );
+        assert_eq!(candidates(None, Some(PathBuf::new()))[0].1, LibrarySource::NextToExecutable);
     }
 
     #[test]
     fn missing_paths_are_named() {
-        let err = pick(&[(PathBuf::from("/nowhere/a.so"), LibrarySource::BuildCache)])
-            .expect_err("missing");
+        let err = pick(&[(PathBuf::from("/nowhere/a.so"), LibrarySource::BuildCache)]).expect_err("missing");
         let msg = err.to_string();
-        assert!(
-            msg.contains("/nowhere/a.so (build-time cache)") && msg.contains("ORT_DYLIB_PATH"),
-            "{msg}"
-        );
+        assert!(msg.contains("/nowhere/a.so (build-time cache)") && msg.contains("ORT_DYLIB_PATH"), "{msg}");
         let err = pick(&[
-            (
-                PathBuf::from("/nowhere/explicit.so"),
-                LibrarySource::Explicit,
-            ),
+            (PathBuf::from("/nowhere/explicit.so"), LibrarySource::Explicit),
             (PathBuf::from(BUILD_CACHE), LibrarySource::BuildCache),
         ])
         .expect_err("explicit path missing");
-        assert!(
-            err.to_string()
-                .contains("/nowhere/explicit.so (configured path)"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("/nowhere/explicit.so (configured path)"), "{err}");
     }
 }
