@@ -82,6 +82,7 @@ fn telemetry_window() -> Telemetry {
         body: TelemetryBody::Window(Box::new(WindowSummary {
             start: datetime!(2026-11-21 10:00:00 UTC),
             end: datetime!(2026-11-21 10:01:00 UTC),
+            camera: "line-3".into(),
             model: model(),
             frames: 1790,
             drops: 3,
@@ -147,6 +148,7 @@ fn events() -> Vec<(&'static str, Event)> {
                 44,
                 EventBody::SampleFlagged(SampleFlagged {
                     sample: Sha256Sum::of(b"jpeg bytes"),
+                    camera: "line-3".into(),
                     frame: 1001,
                     model: model(),
                     reason: FlagReason::LowConfidence,

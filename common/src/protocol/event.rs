@@ -35,8 +35,14 @@ pub enum EventBody {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FlagReason {
-    /// The confidence fell in the uncertainty band.
+    /// The confidence fell in the uncertainty band (a classifier's top-1 score, or any detection score).
     LowConfidence,
+    /// A classifier hesitated: top-1 minus top-2 below the configured margin.
+    SmallMargin,
+    /// A classifier's normalised entropy above the configured level.
+    HighEntropy,
+    /// The frame predicted one of the classes selected for review.
+    SelectedClass,
     /// No prediction at all where one was expected.
     NoPrediction,
     /// Randomly sampled for an unbiased review set.
@@ -49,6 +55,8 @@ pub enum FlagReason {
 pub struct SampleFlagged {
     /// SHA-256 of the encoded image, which names the upload.
     pub sample: Sha256Sum,
+    /// The camera (as named in the agent's config) that produced the frame.
+    pub camera: String,
     pub frame: u64,
     pub model: ModelRef,
     pub reason: FlagReason,
@@ -133,7 +141,10 @@ impl Message for Event {
 
     fn validate(&self) -> Result<(), String> {
         let (id, text) = match &self.body {
-            EventBody::SampleFlagged(_) => (None, None),
+            EventBody::SampleFlagged(f) => {
+                check_len("camera", &f.camera, 128)?;
+                (None, None)
+            }
             EventBody::CommandAck(a) => (Some(&a.command_id), a.reason.as_ref()),
             EventBody::UpdateProgress(p) => (Some(&p.command_id), None),
             EventBody::UpdateRejected(r) => (Some(&r.command_id), Some(&r.reason)),

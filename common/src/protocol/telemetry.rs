@@ -42,6 +42,8 @@ pub struct WindowSummary {
     pub start: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub end: OffsetDateTime,
+    /// The camera (as named in the agent's config) the frames came from.
+    pub camera: String,
     pub model: ModelRef,
     /// Frames processed.
     pub frames: u64,
@@ -121,6 +123,7 @@ impl Message for Telemetry {
                     return Err("window end is before its start".into());
                 }
                 check_len("model name", &w.model.name, 128)?;
+                check_len("camera", &w.camera, 128)?;
                 w.classes.keys().try_for_each(|label| check_len("label", label, 128))
             }
             TelemetryBody::Frames(b) => {
