@@ -84,9 +84,7 @@ impl FlaggingConfig {
     /// Checks ranges once, at config load.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(b) = self.band
-            && !(0.0..=1.0).contains(&b.low)
-            | !(0.0..=1.0).contains(&b.high)
-            | (b.low >= b.high)
+            && !(0.0..=1.0).contains(&b.low) | !(0.0..=1.0).contains(&b.high) | (b.low >= b.high)
         {
             return Err(format!("band {}..{} must lie in 0..1 with low < high", b.low, b.high));
         }
@@ -252,7 +250,8 @@ mod tests {
     use outpost_common::vision::spec::Task;
 
     fn detections(scores: &[(f32, &str)]) -> FrameResult {
-        let dets: Vec<Detection> = scores.iter().map(|(s, _)| Detection { class: 0, score: *s, bbox: [0.0; 4] }).collect();
+        let dets: Vec<Detection> =
+            scores.iter().map(|(s, _)| Detection { class: 0, score: *s, bbox: [0.0; 4] }).collect();
         FrameResult {
             width: 10,
             height: 10,

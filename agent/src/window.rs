@@ -217,7 +217,13 @@ mod tests {
         let m = model(1);
         let c = detect(Some(0.5), 1);
         for i in 0..20_000 {
-            w.record(&FrameOutcome { model: &m, confidence: &c, labels: &[], latency_ms: (i % 100) as f32, flagged: false });
+            w.record(&FrameOutcome {
+                model: &m,
+                confidence: &c,
+                labels: &[],
+                latency_ms: (i % 100) as f32,
+                flagged: false,
+            });
         }
         let acc = &w.per_model[&m];
         assert_eq!(acc.latencies.len(), RESERVOIR);

@@ -10,6 +10,7 @@ pub mod auth;
 mod command;
 mod confidence;
 mod event;
+mod sample;
 mod status;
 mod telemetry;
 
@@ -22,6 +23,7 @@ pub use event::{
     CommandAck, Event, EventBody, FlagReason, SampleFlagged, SwapCommitted, SwapReverted, UpdateProgress,
     UpdateRejected, UpdateStage,
 };
+pub use sample::{MAX_SAMPLE_META_BYTES, SampleMeta};
 pub use status::{AgentState, Health, Status};
 pub use telemetry::{
     FrameBatch, FrameReport, MAX_FRAMES_PER_BATCH, Prediction, Telemetry, TelemetryBody, WindowSummary,
