@@ -1,4 +1,5 @@
 //! The Outpost agent as a library: the daemon's parts, each testable on its own. `main.rs` is the CLI over them.
 pub mod flagging;
+pub mod queue;
 pub mod samples;
 pub mod window;
