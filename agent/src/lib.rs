@@ -1,5 +1,6 @@
 //! The Outpost agent as a library: the daemon's parts, each testable on its own. `main.rs` is the CLI over them.
 pub mod flagging;
+pub mod pipeline;
 pub mod queue;
 pub mod samples;
 pub mod window;

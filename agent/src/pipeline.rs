@@ -1,0 +1,154 @@
+//! The frame pipeline: encoded frames → decode thread → inference thread → results.
+//!
+//! Design: decoding and inference run on their own OS threads, joined by [`StageQueue`]s, so the next frame is
+//! decoded while the current one is inferred and neither ever runs on an async worker. The decode queue's overflow
+//! policy is the camera's: live cameras drop the oldest frame when inference falls behind, file sources wait. The
+//! decoded queue holds one frame: deeper would only add latency. Every output names the model version that
+//! produced it; a frame that cannot be decoded or inferred is an output too (with its error), so it is counted,
+//! never silently lost.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use image::RgbImage;
+use outpost_common::protocol::ModelRef;
+use outpost_common::vision::decode::{self, DecodeLimits};
+use outpost_common::vision::{FrameResult, Vision, VisionError};
+use time::OffsetDateTime;
+
+use crate::queue::{Overflow, Pushed, StageQueue};
+
+/// An encoded frame as a source produced it.
+#[derive(Debug, Clone)]
+pub struct EncodedFrame {
+    pub camera: Arc<str>,
+    /// The camera's frame counter.
+    pub seq: u64,
+    pub captured_at: OffsetDateTime,
+    /// The original bytes, kept for sample upload (never re-encoded).
+    pub bytes: Arc<[u8]>,
+}
+
+/// A decoded frame on its way to inference.
+#[derive(Debug)]
+pub struct DecodedFrame {
+    pub frame: EncodedFrame,
+    pub image: RgbImage,
+    pub decode_ms: f64,
+}
+
+/// What became of one frame.
+#[derive(Debug)]
+pub struct FrameOutput {
+    pub frame: EncodedFrame,
+    /// The model that produced the result; `None` when the frame never reached a model (decode failed).
+    pub model: Option<ModelRef>,
+    pub outcome: Result<(FrameResult, RgbImage), VisionError>,
+}
+
+/// Where outputs go. A closed receiver ends the pipeline's threads.
+pub type OutputSender = tokio::sync::mpsc::Sender<FrameOutput>;
+
+/// A model being served, with the version it is known by.
+#[derive(Debug)]
+pub struct Served {
+    pub model: ModelRef,
+    pub vision: Vision,
+}
+
+/// The running threads of one pipeline.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub input: Arc<StageQueue<EncodedFrame>>,
+    decoded: Arc<StageQueue<DecodedFrame>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Pipeline {
+    /// Starts the decode and inference threads for one model. `depth` is the decode queue's capacity.
+    pub fn start(
+        served: Served,
+        overflow: Overflow,
+        depth: usize,
+        limits: DecodeLimits,
+        out: OutputSender,
+    ) -> std::io::Result<Pipeline> {
+        let input = Arc::new(StageQueue::new(depth, overflow));
+        let decoded = Arc::new(StageQueue::new(1, Overflow::Wait));
+        let decoder = {
+            let (input, decoded, out) = (input.clone(), decoded.clone(), out.clone());
+            std::thread::Builder::new()
+                .name("outpost-decode".into())
+                .spawn(move || decode_loop(&input, &decoded, &out, &limits))?
+        };
+        let inference = {
+            let decoded = decoded.clone();
+            std::thread::Builder::new()
+                .name("outpost-infer".into())
+                .spawn(move || infer_loop(&decoded, served, &out))?
+        };
+        Ok(Pipeline { input, decoded, threads: vec![decoder, inference] })
+    }
+
+    /// Offers a frame; returns what the overflow policy did (with [`Overflow::Wait`] this blocks while full — call
+    /// it from a blocking context).
+    pub fn push(&self, frame: EncodedFrame) -> Pushed {
+        self.input.push(frame)
+    }
+
+    /// Frames dropped because inference fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.input.dropped()
+    }
+
+    /// Stops taking frames, lets the frames already queued finish, and joins the threads.
+    pub fn drain(self) {
+        self.input.close();
+        for t in self.threads {
+            let _ = t.join();
+        }
+        self.decoded.close();
+    }
+}
+
+fn decode_loop(
+    input: &StageQueue<EncodedFrame>,
+    decoded: &StageQueue<DecodedFrame>,
+    out: &OutputSender,
+    limits: &DecodeLimits,
+) {
+    while let Some(frame) = input.pop() {
+        let t = Instant::now();
+        match decode::decode(&frame.bytes, limits) {
+            Ok(image) => {
+                let decode_ms = t.elapsed().as_secs_f64() * 1000.0;
+                if decoded.push(DecodedFrame { frame, image, decode_ms }) == Pushed::Closed {
+                    break;
+                }
+            }
+            Err(e) => {
+                let output = FrameOutput { frame, model: None, outcome: Err(VisionError::Decode(e)) };
+                if out.blocking_send(output).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    decoded.close();
+}
+
+fn infer_loop(decoded: &StageQueue<DecodedFrame>, mut served: Served, out: &OutputSender) {
+    while let Some(d) = decoded.pop() {
+        let outcome = served.vision.infer_image(&d.image).map(|mut r| {
+            r.timings.decode = d.decode_ms;
+            (r, d.image)
+        });
+        let output = FrameOutput { frame: d.frame, model: Some(served.model.clone()), outcome };
+        if out.blocking_send(output).is_err() {
+            break;
+        }
+    }
+    // Unblocks the decoder if it is waiting for room that will never come (the results receiver went away).
+    decoded.close();
+}
