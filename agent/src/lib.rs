@@ -3,4 +3,5 @@ pub mod flagging;
 pub mod pipeline;
 pub mod queue;
 pub mod samples;
+pub mod source;
 pub mod window;
