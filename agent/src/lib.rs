@@ -5,3 +5,6 @@ pub mod queue;
 pub mod samples;
 pub mod source;
 pub mod window;
+pub mod app;
+pub mod config;
+pub mod metrics;

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use outpost_agent::config::{AgentConfig, DEFAULT_CONFIG};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(name = "outpost-agent", version, about = "Outpost edge agent: runs ONNX vision models on camera frames")]
@@ -25,6 +27,13 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the daemon: cameras → inference → confidence over MQTT, flagged samples to the fleet.
+    Run {
+        #[arg(long, default_value = "/etc/outpost/agent.toml")]
+        config: PathBuf,
+    },
+    /// Print the commented default configuration.
+    PrintConfig,
     /// Run a model on image files and print one JSON object per image per line.
     Infer(oneshot::InferArgs),
     /// Print what the agent understood of a model (task, input size, layout, labels, normalisation) as JSON.
@@ -36,9 +45,9 @@ enum Command {
     },
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -48,9 +57,71 @@ fn init_tracing(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
     match cli.command {
-        Command::Infer(args) => oneshot::infer(&args),
-        Command::CheckModel { model, runtime } => oneshot::check_model(&model, &runtime),
+        Command::Run { config } => {
+            init_tracing(cli.log_format, "info");
+            run(&config)
+        }
+        Command::PrintConfig => {
+            print!("{DEFAULT_CONFIG}");
+            ExitCode::SUCCESS
+        }
+        Command::Infer(args) => {
+            init_tracing(cli.log_format, "warn");
+            oneshot::infer(&args)
+        }
+        Command::CheckModel { model, runtime } => {
+            init_tracing(cli.log_format, "warn");
+            oneshot::check_model(&model, &runtime)
+        }
+    }
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    let config = match AgentConfig::load(path, |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let result = runtime.block_on(async {
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            signals.cancel();
+        });
+        outpost_agent::app::run(config, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "agent failed");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use bytes::Bytes;
 use image::RgbImage;
 use outpost_common::protocol::ModelRef;
 use outpost_common::vision::decode::{self, DecodeLimits};
@@ -18,16 +19,20 @@ use outpost_common::vision::{FrameResult, Vision, VisionError};
 use time::OffsetDateTime;
 
 use crate::queue::{Overflow, Pushed, StageQueue};
+use crate::source::Ack;
 
 /// An encoded frame as a source produced it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct EncodedFrame {
     pub camera: Arc<str>,
     /// The camera's frame counter.
     pub seq: u64,
     pub captured_at: OffsetDateTime,
     /// The original bytes, kept for sample upload (never re-encoded).
-    pub bytes: Arc<[u8]>,
+    pub bytes: Bytes,
+    /// For sources whose input is disposed of once the frame is done with (folders): travels with the frame and is
+    /// acknowledged by whoever handles the output.
+    pub ack: Option<Ack>,
 }
 
 /// A decoded frame on its way to inference.

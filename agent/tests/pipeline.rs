@@ -23,7 +23,13 @@ fn served() -> Served {
 }
 
 fn frame(seq: u64, bytes: Vec<u8>) -> EncodedFrame {
-    EncodedFrame { camera: Arc::from("line-1"), seq, captured_at: time::OffsetDateTime::now_utc(), bytes: bytes.into() }
+    EncodedFrame {
+        camera: Arc::from("line-1"),
+        seq,
+        captured_at: time::OffsetDateTime::now_utc(),
+        bytes: bytes.into(),
+        ack: None,
+    }
 }
 
 fn val_files() -> Vec<PathBuf> {
