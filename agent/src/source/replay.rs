@@ -43,7 +43,7 @@ impl ReplaySource {
         let err = |r: String| SourceError::config("replay", r);
         let period = match c.fps {
             None => None,
-            Some(fps) if fps == 0.0 => None,
+            Some(0.0) => None,
             Some(fps) if fps.is_finite() && fps > 0.0 && fps <= 1000.0 => Some(Duration::from_secs_f64(1.0 / fps)),
             Some(fps) => return Err(err(format!("fps {fps} must be between 0 and 1000"))),
         };
