@@ -13,9 +13,9 @@
 //! the last flush, which is never more than one flush interval.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use outpost_common::topics::Channel;
 
@@ -223,7 +223,10 @@ impl Outbox {
         }
         if ledger.dropped() != before {
             self.store.put(META, META_DROPPED, &ledger.dropped().to_be_bytes())?;
-            tracing::warn!(dropped = ledger.dropped(), cap = ledger.max_bytes, "outbox full: dropped the oldest");
+            // At 1, 2, 4, 8, ... drops: a long outage logs a few lines, not one per message.
+            if (before + 1..=ledger.dropped()).any(u64::is_power_of_two) {
+                tracing::warn!(dropped = ledger.dropped(), cap = ledger.max_bytes, "outbox full: dropping the oldest");
+            }
         }
         self.store.put(MESSAGES, &admitted.seq.to_be_bytes(), &value)?;
         self.store.put(META, META_SEQ, &admitted.seq.to_be_bytes())?;
@@ -294,10 +297,8 @@ mod tests {
 
     fn check(max: u64, start: &[(u64, u64)], sizes: &[u64], expected: &[(u64, &[u64])], dropped: u64) {
         let mut ledger = Ledger::new(max, 0, 0, start.iter().copied());
-        let got: Vec<(u64, Vec<u64>)> = sizes
-            .iter()
-            .map(|s| ledger.admit(*s).map(|a| (a.seq, a.evicted)).expect("fits"))
-            .collect();
+        let got: Vec<(u64, Vec<u64>)> =
+            sizes.iter().map(|s| ledger.admit(*s).map(|a| (a.seq, a.evicted)).expect("fits")).collect();
         let want: Vec<(u64, Vec<u64>)> = expected.iter().map(|(s, e)| (*s, e.to_vec())).collect();
         assert_eq!(got, want);
         assert_eq!(ledger.dropped(), dropped);
@@ -343,11 +344,10 @@ mod tests {
         assert_eq!(outbox.pending_after(0, 10).expect("pending"), vec![]);
         assert_eq!(outbox.flush().expect("flush"), 3);
         let pending = outbox.pending_after(0, 10).expect("pending");
-        assert_eq!(pending.iter().map(|p| (p.seq, p.payload.clone())).collect::<Vec<_>>(), [
-            (1, vec![0, 1]),
-            (2, vec![1, 2]),
-            (3, vec![2, 3])
-        ]);
+        assert_eq!(
+            pending.iter().map(|p| (p.seq, p.payload.clone())).collect::<Vec<_>>(),
+            [(1, vec![0, 1]), (2, vec![1, 2]), (3, vec![2, 3])]
+        );
         assert!(outbox.ack(2).expect("ack"));
         assert!(matches!(outbox.append(Channel::Status, |_| Ok(vec![])), Err(OutboxError::Channel(_))));
         outbox.flush().expect("flush");

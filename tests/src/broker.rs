@@ -119,6 +119,8 @@ impl Mosquitto {
     pub fn start(options: MosquittoOptions) -> io::Result<Mosquitto> {
         let port = free_port()?;
         let dir = tempfile::tempdir()?;
+        // Mosquitto started as root drops to the `mosquitto` user, which must be able to write its database here.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
         let mut config = format!("listener {port} 127.0.0.1\nlog_dest stdout\nmax_queued_messages 100000\n");
         if options.persistence {
             config.push_str(&format!("persistence true\npersistence_location {}/\n", dir.path().display()));
@@ -148,8 +150,9 @@ impl Mosquitto {
 
     /// Starts the process again (same port, same config) and waits until it listens.
     pub fn restart(&mut self) -> io::Result<()> {
-        let binary = mosquitto_binary()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "mosquitto is not installed (apt-get install mosquitto)"))?;
+        let binary = mosquitto_binary().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, "mosquitto is not installed (apt-get install mosquitto)")
+        })?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("mosquitto.log"))?;
         let child = Command::new(binary)
             .arg("-c")

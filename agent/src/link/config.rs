@@ -249,8 +249,9 @@ mod tests {
 
     #[test]
     fn config_parses_with_defaults_and_refuses_unknown_fields() {
-        let config: LinkConfig = toml::from_str("broker = \"mqtt://h:1\"\nprotocol = \"5\"\n[outbox]\nmax_bytes = 2097152\n")
-            .expect("parses");
+        let config: LinkConfig =
+            toml::from_str("broker = \"mqtt://h:1\"\nprotocol = \"5\"\n[outbox]\nmax_bytes = 2097152\n")
+                .expect("parses");
         assert_eq!(config.protocol, MqttVersion::V5);
         assert_eq!(config.outbox.max_bytes, 2 * 1024 * 1024);
         assert_eq!(config.outbox.flush_interval_ms, 20);

@@ -63,8 +63,9 @@ pub struct LinkStats {
     /// Valid commands handed to the app, and commands dropped as malformed, forged or unreadable.
     pub commands: u64,
     pub rejected_commands: u64,
-    /// The last seq given to a message.
+    /// The last seq given to a message, and the last one made durable (only durable messages are sent).
     pub last_seq: u64,
+    pub durable_seq: u64,
 }
 
 /// State shared by the handle and the tasks.
@@ -155,6 +156,7 @@ impl LinkHandle {
             commands: s.commands.load(Ordering::Relaxed),
             rejected_commands: s.rejected_commands.load(Ordering::Relaxed),
             last_seq: outbox.last_seq,
+            durable_seq: outbox.durable_seq,
         }
     }
 }

@@ -47,12 +47,20 @@ impl std::fmt::Debug for Options {
 /// What the link needs to know from the event loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Wire {
-    Connected { session_present: bool },
+    Connected {
+        session_present: bool,
+    },
     /// A publish was written; publishes are written in the order they were sent to the client.
     PublishSent(u16),
     /// The broker acknowledged a publish; `accepted` is false for an MQTT 5 error reason code.
-    PubAck { pkid: u16, accepted: bool },
-    Message { topic: String, payload: Vec<u8> },
+    PubAck {
+        pkid: u16,
+        accepted: bool,
+    },
+    Message {
+        topic: String,
+        payload: Vec<u8>,
+    },
     DisconnectSent,
     Other,
 }
