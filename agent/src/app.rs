@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use outpost_common::manifest::Sha256Sum;
-use outpost_common::protocol::{
-    AgentState, EventBody, Prediction, SampleFlagged, SampleMeta, Status, TelemetryBody, SCHEMA,
-};
 use outpost_common::protocol::ModelRef;
+use outpost_common::protocol::{
+    AgentState, EventBody, Prediction, SCHEMA, SampleFlagged, SampleMeta, Status, TelemetryBody,
+};
 use outpost_common::vision::engine::{EngineOptions, Runtime};
 use outpost_common::vision::postprocess::DetectParams;
 use outpost_common::vision::{FrameResult, Vision, VisionOptions};
@@ -56,8 +56,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
 
     let link_shutdown = CancellationToken::new();
     let store = SledStore::open(&raw.state_dir.join("state")).context("opening the agent's state store")?;
-    let (link, link_task) =
-        Link::start(&raw.link, store, config.device.clone(), config.key.clone(), status(AgentState::Starting), link_shutdown.clone())?;
+    let (link, link_task) = Link::start(
+        &raw.link,
+        store,
+        config.device.clone(),
+        config.key.clone(),
+        status(AgentState::Starting),
+        link_shutdown.clone(),
+    )?;
 
     let samples = SampleQueue::open(&config.samples)?;
     let uploader = match (&raw.fleet.url, &raw.fleet.token) {
@@ -245,7 +251,8 @@ async fn consume(
     device: String,
 ) {
     let now = OffsetDateTime::now_utc();
-    let mut windows: BTreeMap<String, Window> = counters.keys().map(|c| (c.clone(), Window::new(c.clone(), now))).collect();
+    let mut windows: BTreeMap<String, Window> =
+        counters.keys().map(|c| (c.clone(), Window::new(c.clone(), now))).collect();
     let mut dropped_seen: BTreeMap<String, u64> = BTreeMap::new();
     let clock = Instant::now();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + window, window);
@@ -299,7 +306,7 @@ async fn consume(
                     };
                     let meta = SampleMeta {
                         schema: SCHEMA,
-                        sample: sha.clone(),
+                        sample: sha,
                         device: device.clone(),
                         camera: camera.clone(),
                         model: model.clone(),

@@ -222,7 +222,10 @@ impl AgentConfig {
                 return Err(invalid(format!("camera `{}` is defined twice", c.name)));
             }
             if !models.contains(c.model.as_str()) {
-                return Err(invalid(format!("camera `{}` uses model `{}`, which no [[models]] defines", c.name, c.model)));
+                return Err(invalid(format!(
+                    "camera `{}` uses model `{}`, which no [[models]] defines",
+                    c.name, c.model
+                )));
             }
             c.flagging.validate().map_err(|e| invalid(format!("camera `{}` flagging: {e}", c.name)))?;
             if c.queue_depth == 0 {

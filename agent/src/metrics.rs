@@ -35,6 +35,9 @@ impl CameraCounters {
     }
 }
 
+/// Reads one counter of a camera.
+type CounterRead = fn(&CameraCounters) -> u64;
+
 /// Everything `/metrics` reports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -55,7 +58,7 @@ impl Metrics {
         let counter = |out: &mut String, name: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         };
-        let per_camera: [(&str, &str, fn(&CameraCounters) -> u64); 4] = [
+        let per_camera: [(&str, &str, CounterRead); 4] = [
             ("outpost_frames_processed_total", "Frames inferred.", |c| c.processed.load(Ordering::Relaxed)),
             ("outpost_frames_dropped_total", "Live frames dropped because inference fell behind.", |c| {
                 c.dropped.load(Ordering::Relaxed)
@@ -63,7 +66,9 @@ impl Metrics {
             ("outpost_frames_flagged_total", "Frames queued as samples for annotation.", |c| {
                 c.flagged.load(Ordering::Relaxed)
             }),
-            ("outpost_source_errors_total", "Failures reading from a camera.", |c| c.source_errors.load(Ordering::Relaxed)),
+            ("outpost_source_errors_total", "Failures reading from a camera.", |c| {
+                c.source_errors.load(Ordering::Relaxed)
+            }),
         ];
         for (name, help, read) in per_camera {
             counter(&mut out, name, help);
@@ -74,15 +79,27 @@ impl Metrics {
         counter(&mut out, "outpost_frames_rejected_total", "Frames that could not be used, by reason.");
         for (camera, c) in &self.cameras {
             for (kind, n) in c.rejected.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-                let _ = writeln!(out, "outpost_frames_rejected_total{{camera=\"{}\",reason=\"{kind}\"}} {n}", label(camera));
+                let _ = writeln!(
+                    out,
+                    "outpost_frames_rejected_total{{camera=\"{}\",reason=\"{kind}\"}} {n}",
+                    label(camera)
+                );
             }
         }
         let s = &self.samples;
         for (name, help, v) in [
             ("outpost_samples_uploaded_total", "Samples the fleet accepted.", s.uploaded.load(Ordering::Relaxed)),
-            ("outpost_samples_dropped_total", "Samples dropped because the queue was full.", s.dropped.load(Ordering::Relaxed)),
+            (
+                "outpost_samples_dropped_total",
+                "Samples dropped because the queue was full.",
+                s.dropped.load(Ordering::Relaxed),
+            ),
             ("outpost_samples_rejected_total", "Samples the fleet refused.", s.rejected.load(Ordering::Relaxed)),
-            ("outpost_sample_upload_retries_total", "Sample upload attempts that failed and were retried.", s.retries.load(Ordering::Relaxed)),
+            (
+                "outpost_sample_upload_retries_total",
+                "Sample upload attempts that failed and were retried.",
+                s.retries.load(Ordering::Relaxed),
+            ),
         ] {
             counter(&mut out, name, help);
             let _ = writeln!(out, "{name} {v}");

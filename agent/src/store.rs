@@ -1,0 +1,142 @@
+//! The agent's local state store: named trees of ordered byte keys, behind the [`Store`] trait.
+//!
+//! Design: the rest of the agent sees only [`Store`] (get/put/remove/scan per tree, plus an explicit durable
+//! [`Store::flush`]); [`SledStore`] is the default implementation and this is the only file that imports `sled`.
+//! Writes are buffered in memory until `flush` returns (sled flushes on its own every 500 ms too); callers that need
+//! durability group their writes and flush once (see the outbox's group commit). Keys are compared as bytes, so
+//! big-endian integers keep numeric order.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+/// Why the store refused or failed an operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {path}: {detail} (is another agent using it?)")]
+    Open { path: PathBuf, detail: String },
+    #[error("store I/O failed: {0}")]
+    Io(String),
+}
+
+/// One key/value pair read from a tree.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// Ordered key/value trees with explicit durability.
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    fn put(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    /// Removes a key; removing an absent key is not an error.
+    fn remove(&self, tree: &str, key: &[u8]) -> Result<(), StoreError>;
+    /// Up to `limit` entries in key order, starting strictly after `after` (or at the first key).
+    fn scan(&self, tree: &str, after: Option<&[u8]>, limit: usize) -> Result<Vec<Entry>, StoreError>;
+    /// Makes every write so far durable (fsync). Blocking: call it from a blocking context in async code.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// The sled-backed store. One process per path: a second open of the same path fails.
+pub struct SledStore {
+    db: sled::Db,
+    path: PathBuf,
+    trees: RwLock<HashMap<String, sled::Tree>>,
+}
+
+impl fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SledStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in the directory `path`.
+    pub fn open(path: &Path) -> Result<Arc<SledStore>, StoreError> {
+        let open_error = |e: &dyn fmt::Display| StoreError::Open { path: path.to_path_buf(), detail: e.to_string() };
+        std::fs::create_dir_all(path).map_err(|e| open_error(&e))?;
+        // sled's own background flush stays on (500 ms) as a backstop; durability points are explicit flushes.
+        let db = sled::Config::new().path(path).open().map_err(|e| open_error(&e))?;
+        if db.was_recovered() {
+            tracing::debug!(path = %path.display(), "store reopened");
+        }
+        Ok(Arc::new(SledStore { db, path: path.to_path_buf(), trees: RwLock::new(HashMap::new()) }))
+    }
+
+    fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        if let Some(tree) = self.trees.read().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return Ok(tree.clone());
+        }
+        let tree = self.db.open_tree(name).map_err(io)?;
+        self.trees.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), tree.clone());
+        Ok(tree)
+    }
+}
+
+fn io(e: sled::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+impl Store for SledStore {
+    fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree(tree)?.get(key).map_err(io)?.map(|v| v.to_vec()))
+    }
+
+    fn put(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.tree(tree)?.insert(key, value).map_err(io)?;
+        Ok(())
+    }
+
+    fn remove(&self, tree: &str, key: &[u8]) -> Result<(), StoreError> {
+        self.tree(tree)?.remove(key).map_err(io)?;
+        Ok(())
+    }
+
+    fn scan(&self, tree: &str, after: Option<&[u8]>, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let tree = self.tree(tree)?;
+        let iter = match after {
+            Some(after) => tree.range::<&[u8], _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+            None => tree.iter(),
+        };
+        iter.take(limit).map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io)).collect()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordered_scan_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = SledStore::open(dir.path()).expect("open");
+            for n in [3u64, 1, 2, 10] {
+                store.put("t", &n.to_be_bytes(), format!("v{n}").as_bytes()).expect("put");
+            }
+            store.put("other", b"k", b"x").expect("put");
+            store.remove("t", &2u64.to_be_bytes()).expect("remove");
+            store.remove("t", &99u64.to_be_bytes()).expect("absent remove is fine");
+            store.flush().expect("flush");
+        }
+        let store = SledStore::open(dir.path()).expect("reopen");
+        let all = store.scan("t", None, 10).expect("scan");
+        let values: Vec<&[u8]> = all.iter().map(|(_, v)| v.as_slice()).collect();
+        assert_eq!(values, [b"v1".as_slice(), b"v3", b"v10"]);
+        let after = store.scan("t", Some(&1u64.to_be_bytes()), 1).expect("scan");
+        assert_eq!(after, vec![(3u64.to_be_bytes().to_vec(), b"v3".to_vec())]);
+        assert_eq!(store.get("other", b"k").expect("get"), Some(b"x".to_vec()));
+        assert_eq!(store.get("t", b"missing").expect("get"), None);
+    }
+
+    #[test]
+    fn second_open_of_the_same_path_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _first = SledStore::open(dir.path()).expect("open");
+        let second = SledStore::open(dir.path());
+        assert!(matches!(second, Err(StoreError::Open { .. })), "{second:?}");
+    }
+}
