@@ -11,10 +11,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use image::RgbImage;
 use outpost_common::manifest::Sha256Sum;
 use outpost_common::protocol::ModelRef;
 use outpost_common::protocol::{
-    AgentState, EventBody, Prediction, SCHEMA, SampleFlagged, SampleMeta, Status, TelemetryBody,
+    AgentReady, AgentState, CameraInfo, EventBody, FrameBatch, FrameReport, Health, MAX_FRAMES_PER_BATCH, Prediction,
+    SCHEMA, SampleFlagged, SampleMeta, Status, TelemetryBody,
 };
 use outpost_common::vision::engine::{EngineOptions, Runtime};
 use outpost_common::vision::postprocess::DetectParams;
@@ -82,6 +84,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let (out_tx, out_rx) = mpsc::channel::<FrameOutput>(64);
     let mut cameras = Vec::new();
     let mut counters = BTreeMap::new();
+    let mut infos = Vec::new();
     for cam in &raw.cameras {
         let Some(model) = raw.models.iter().find(|m| m.name == cam.model) else { continue };
         let bytes = std::fs::read(&model.path).with_context(|| format!("reading model {}", model.path.display()))?;
@@ -94,7 +97,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         let ctx = SourceContext { camera: cam.name.clone(), state_dir: raw.state_dir.join("sources") };
         let source = cam.source.build(&ctx).with_context(|| format!("camera `{}`", cam.name))?;
         let overflow = if source.is_live() { Overflow::DropOldest } else { Overflow::Wait };
-        let served = Served { model: ModelRef { name: model.name.clone(), version: model.version }, vision };
+        let model_ref = ModelRef { name: model.name.clone(), version: model.version };
+        infos.push(CameraInfo { name: cam.name.clone(), source: cam.source.kind().into(), model: model_ref.clone() });
+        let served = Served { model: model_ref, vision };
         let pipeline = Pipeline::start(served, overflow, cam.queue_depth, Default::default(), out_tx.clone())?;
         let c = Arc::new(CameraCounters::default());
         counters.insert(cam.name.clone(), c.clone());
@@ -112,34 +117,47 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         .await
         .with_context(|| format!("binding the metrics endpoint on {}", raw.metrics.listen))?;
     let metrics_addr = listener.local_addr()?;
-    let http_shutdown = shutdown.clone();
-    let http = tokio::spawn(async move {
-        let app = crate::metrics::router(metrics.clone());
-        let _ = axum::serve(listener, app).with_graceful_shutdown(http_shutdown.cancelled_owned()).await;
-    });
+    let http = {
+        let (app, stop) = (crate::metrics::router(metrics.clone()), shutdown.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+        })
+    };
 
     // Results: windows, flagging, samples, acknowledgements.
-    let results = tokio::spawn(consume(
-        out_rx,
-        raw.cameras.iter().map(|c| (c.name.clone(), Flagger::new(c.flagging.clone(), seed(&c.name)))).collect(),
-        counters.clone(),
-        cameras.iter().map(|(c, _, p, _)| (c.name.clone(), p.input.clone())).collect(),
-        Duration::from_secs(raw.telemetry.window_secs),
-        link.clone(),
-        samples.clone(),
-        config.device.to_string(),
-    ));
+    let consumer = Consumer {
+        flaggers: raw
+            .cameras
+            .iter()
+            .map(|c| (c.name.clone(), Flagger::new(c.flagging.clone(), seed(&c.name))))
+            .collect(),
+        counters: counters.clone(),
+        inputs: cameras.iter().map(|(c, _, p, _)| (c.name.clone(), p.input.clone())).collect(),
+        window: Duration::from_secs(raw.telemetry.window_secs),
+        per_frame: raw.telemetry.per_frame,
+        link: link.clone(),
+        samples: samples.clone(),
+        device: config.device.to_string(),
+        status: status(AgentState::Running),
+    };
+    let results = tokio::spawn(consumer.run(out_rx));
 
     // Sources.
+    let ready = AgentReady { agent_version: env!("CARGO_PKG_VERSION").to_string(), cameras: infos };
     let mut source_tasks = Vec::new();
     for (cam, source, pipeline, c) in cameras {
         source_tasks.push(tokio::spawn(read_source(cam.name.clone(), source, pipeline, c, shutdown.clone())));
     }
     link.set_status(status(AgentState::Running));
+    if let Err(e) = link.publish_event(EventBody::AgentReady(ready)) {
+        tracing::warn!(error = %e, "agent-ready event not queued");
+    }
+    metrics.ready.store(true, Ordering::Release);
     tracing::info!(device = %config.device, cameras = raw.cameras.len(), metrics = %metrics_addr, "agent ready");
 
     shutdown.cancelled().await;
     let started = Instant::now();
+    metrics.ready.store(false, Ordering::Release);
     tracing::info!("shutting down");
     let remaining = |d: Duration| d.saturating_sub(started.elapsed());
     for t in source_tasks {
@@ -239,124 +257,197 @@ fn predictions(r: &FrameResult) -> Vec<Prediction> {
     dets.chain(classes).collect()
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn consume(
-    mut rx: mpsc::Receiver<FrameOutput>,
-    mut flaggers: BTreeMap<String, Flagger>,
+/// What the consumer needs besides the outputs themselves.
+struct Consumer {
+    flaggers: BTreeMap<String, Flagger>,
     counters: BTreeMap<String, Arc<CameraCounters>>,
     inputs: BTreeMap<String, Arc<crate::queue::StageQueue<EncodedFrame>>>,
     window: Duration,
+    per_frame: bool,
     link: crate::link::LinkHandle,
     samples: SampleQueue,
     device: String,
-) {
-    let now = OffsetDateTime::now_utc();
-    let mut windows: BTreeMap<String, Window> =
-        counters.keys().map(|c| (c.clone(), Window::new(c.clone(), now))).collect();
-    let mut dropped_seen: BTreeMap<String, u64> = BTreeMap::new();
-    let clock = Instant::now();
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + window, window);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut close_windows = |windows: &mut BTreeMap<String, Window>| {
+    /// The running status; its health is refreshed at every window.
+    status: Status,
+}
+
+/// The open state of the consumer: one window per camera, per-frame reports when asked for, drop bookkeeping.
+struct Windows {
+    open: BTreeMap<String, Window>,
+    frames: BTreeMap<(String, ModelRef), Vec<FrameReport>>,
+    dropped_seen: BTreeMap<String, u64>,
+    processed_in_window: u64,
+    opened: Instant,
+}
+
+impl Consumer {
+    /// Closes every camera's window: per-frame batches first, then the summaries, then the status with health.
+    fn close_windows(&self, w: &mut Windows, started: Instant) {
         let end = OffsetDateTime::now_utc();
-        for (camera, w) in windows.iter_mut() {
-            let dropped = inputs.get(camera).map_or(0, |q| q.dropped());
-            let seen = dropped_seen.entry(camera.clone()).or_insert(0);
-            w.record_drops(dropped - *seen, None);
+        for ((camera, model), frames) in std::mem::take(&mut w.frames) {
+            for chunk in frames.chunks(MAX_FRAMES_PER_BATCH) {
+                let batch = FrameBatch { camera: camera.clone(), model: model.clone(), frames: chunk.to_vec() };
+                if let Err(e) = self.link.publish_telemetry(TelemetryBody::Frames(batch)) {
+                    tracing::warn!(camera = %camera, error = %e, "per-frame results not queued");
+                }
+            }
+        }
+        for (camera, window) in w.open.iter_mut() {
+            let dropped = self.inputs.get(camera).map_or(0, |q| q.dropped());
+            let seen = w.dropped_seen.entry(camera.clone()).or_insert(0);
+            window.record_drops(dropped.saturating_sub(*seen), None);
             *seen = dropped;
-            for summary in w.finish(end) {
-                if let Err(e) = link.publish_telemetry(TelemetryBody::Window(Box::new(summary))) {
+            for summary in window.finish(end) {
+                if let Err(e) = self.link.publish_telemetry(TelemetryBody::Window(Box::new(summary))) {
                     tracing::warn!(camera = %camera, error = %e, "window summary not queued");
                 }
             }
         }
-    };
-    loop {
-        let output = tokio::select! {
-            _ = tick.tick() => { close_windows(&mut windows); continue; }
-            o = rx.recv() => o,
+        let elapsed = w.opened.elapsed().as_secs_f64().max(1e-3);
+        let fps = (w.processed_in_window as f64 / elapsed) as f32;
+        w.processed_in_window = 0;
+        w.opened = Instant::now();
+        self.link.set_status(Status { at: end, health: Some(self.health(started, fps)), ..self.status.clone() });
+    }
+
+    fn health(&self, started: Instant, fps: f32) -> Health {
+        let link = self.link.stats();
+        let load = |f: fn(&CameraCounters) -> u64| self.counters.values().map(|c| f(c)).sum::<u64>();
+        let rejected = load(|c| c.rejected.lock().unwrap_or_else(|p| p.into_inner()).values().sum());
+        let queue_drops = self.inputs.values().map(|q| q.dropped()).sum::<u64>();
+        Health {
+            uptime_secs: started.elapsed().as_secs(),
+            fps,
+            outbox_pending: link.outbox_messages,
+            outbox_dropped: link.dropped,
+            frames_dropped: queue_drops + rejected,
+            errors: rejected + load(|c| c.source_errors.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Flags the frame if a policy selects it: queues the sample and announces it. Returns whether it was flagged.
+    fn flag(
+        &mut self,
+        frame: &EncodedFrame,
+        model: &ModelRef,
+        result: &FrameResult,
+        image: &RgbImage,
+        now: f64,
+    ) -> bool {
+        let camera = frame.camera.as_ref();
+        let Some(f) = self.flaggers.get_mut(camera) else { return false };
+        let Decision::Flag(reason) = f.decide(now, result, || dhash(image)) else { return false };
+        let sha = Sha256Sum::of(&frame.bytes);
+        let content_type = match outpost_common::vision::decode::sniff(&frame.bytes) {
+            Some(image::ImageFormat::Png) => "image/png",
+            _ => "image/jpeg",
         };
-        let Some(output) = output else { break };
-        let FrameOutput { frame, model, outcome } = output;
-        let camera = frame.camera.to_string();
-        let Some(c) = counters.get(&camera) else { continue };
-        match outcome {
-            Err(e) => {
-                if c.reject(e.kind()) {
-                    tracing::warn!(camera = %camera, kind = e.kind(), error = %e, "frame rejected (logged once per kind)");
-                }
-                if let Some(w) = windows.get_mut(&camera) {
-                    w.record_drops(1, model.as_ref());
-                }
-                if let Some(ack) = frame.ack {
-                    ack.done(Outcome::Rejected);
-                }
-            }
-            Ok((result, image)) => {
-                let Some(model) = model else { continue };
-                c.processed.fetch_add(1, Ordering::Relaxed);
-                let mut flagged = false;
-                if let Some(f) = flaggers.get_mut(&camera)
-                    && let Decision::Flag(reason) = f.decide(clock.elapsed().as_secs_f64(), &result, || dhash(&image))
-                {
-                    let sha = Sha256Sum::of(&frame.bytes);
-                    let content_type = match outpost_common::vision::decode::sniff(&frame.bytes) {
-                        Some(image::ImageFormat::Png) => "image/png",
-                        _ => "image/jpeg",
-                    };
-                    let meta = SampleMeta {
-                        schema: SCHEMA,
-                        sample: sha,
-                        device: device.clone(),
-                        camera: camera.clone(),
-                        model: model.clone(),
-                        captured_at: frame.captured_at,
-                        reason,
-                        confidence: result.confidence,
-                        predictions: predictions(&result),
-                        width: result.width,
-                        height: result.height,
-                        content_type: content_type.into(),
-                    };
-                    match samples.push(&frame.bytes, &meta) {
-                        Ok(_) => {
-                            flagged = true;
-                            c.flagged.fetch_add(1, Ordering::Relaxed);
-                            let event = SampleFlagged {
-                                sample: sha,
-                                camera: camera.clone(),
-                                frame: frame.seq,
-                                model: model.clone(),
-                                reason,
-                                confidence: result.confidence,
-                            };
-                            if let Err(e) = link.publish_event(EventBody::SampleFlagged(event)) {
-                                tracing::warn!(error = %e, "sample event not queued");
-                            }
-                        }
-                        Err(e) => tracing::warn!(camera = %camera, error = %e, "sample not queued"),
+        let meta = SampleMeta {
+            schema: SCHEMA,
+            sample: sha,
+            device: self.device.clone(),
+            camera: camera.to_string(),
+            model: model.clone(),
+            captured_at: frame.captured_at,
+            reason,
+            confidence: result.confidence,
+            predictions: predictions(result),
+            width: result.width,
+            height: result.height,
+            content_type: content_type.into(),
+        };
+        if let Err(e) = self.samples.push(&frame.bytes, &meta) {
+            tracing::warn!(camera = %camera, error = %e, "sample not queued");
+            return false;
+        }
+        if let Some(c) = self.counters.get(camera) {
+            c.flagged.fetch_add(1, Ordering::Relaxed);
+        }
+        let event = SampleFlagged {
+            sample: sha,
+            camera: camera.to_string(),
+            frame: frame.seq,
+            model: model.clone(),
+            reason,
+            confidence: result.confidence,
+        };
+        if let Err(e) = self.link.publish_event(EventBody::SampleFlagged(event)) {
+            tracing::warn!(error = %e, "sample event not queued");
+        }
+        true
+    }
+
+    /// Consumes every pipeline's outputs until all pipelines have ended, then closes the last windows.
+    async fn run(mut self, mut rx: mpsc::Receiver<FrameOutput>) {
+        let started = Instant::now();
+        let now = OffsetDateTime::now_utc();
+        let mut w = Windows {
+            open: self.counters.keys().map(|c| (c.clone(), Window::new(c.clone(), now))).collect(),
+            frames: BTreeMap::new(),
+            dropped_seen: BTreeMap::new(),
+            processed_in_window: 0,
+            opened: Instant::now(),
+        };
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + self.window, self.window);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let output = tokio::select! {
+                _ = tick.tick() => { self.close_windows(&mut w, started); continue; }
+                o = rx.recv() => o,
+            };
+            let Some(FrameOutput { frame, model, outcome }) = output else { break };
+            let camera = frame.camera.to_string();
+            let Some(c) = self.counters.get(&camera).cloned() else { continue };
+            match outcome {
+                Err(e) => {
+                    if c.reject(e.kind()) {
+                        tracing::warn!(camera = %camera, kind = e.kind(), error = %e, "frame rejected (logged once per kind)");
+                    }
+                    if let Some(window) = w.open.get_mut(&camera) {
+                        window.record_drops(1, model.as_ref());
+                    }
+                    if let Some(ack) = frame.ack {
+                        ack.done(Outcome::Rejected);
                     }
                 }
-                let labels: Vec<&str> = if result.detections.is_empty() {
-                    result.classes.first().map(|c| c.label.as_str()).into_iter().collect()
-                } else {
-                    result.detections.iter().map(|d| d.label.as_str()).collect()
-                };
-                let t = result.timings;
-                if let Some(w) = windows.get_mut(&camera) {
-                    w.record(&FrameOutcome {
-                        model: &model,
-                        confidence: &result.confidence,
-                        labels: &labels,
-                        latency_ms: (t.preprocess + t.inference + t.postprocess) as f32,
-                        flagged,
-                    });
-                }
-                if let Some(ack) = frame.ack {
-                    ack.done(Outcome::Processed);
+                Ok((result, image)) => {
+                    let Some(model) = model else { continue };
+                    c.processed.fetch_add(1, Ordering::Relaxed);
+                    w.processed_in_window += 1;
+                    let flagged = self.flag(&frame, &model, &result, &image, started.elapsed().as_secs_f64());
+                    let labels: Vec<&str> = if result.detections.is_empty() {
+                        result.classes.first().map(|c| c.label.as_str()).into_iter().collect()
+                    } else {
+                        result.detections.iter().map(|d| d.label.as_str()).collect()
+                    };
+                    let t = result.timings;
+                    let latency_ms = (t.preprocess + t.inference + t.postprocess) as f32;
+                    if let Some(window) = w.open.get_mut(&camera) {
+                        window.record(&FrameOutcome {
+                            model: &model,
+                            confidence: &result.confidence,
+                            labels: &labels,
+                            latency_ms,
+                            flagged,
+                        });
+                    }
+                    if self.per_frame {
+                        let report = FrameReport {
+                            frame: frame.seq,
+                            at: frame.captured_at,
+                            latency_ms,
+                            flagged,
+                            confidence: result.confidence,
+                            predictions: predictions(&result),
+                        };
+                        w.frames.entry((camera, model)).or_default().push(report);
+                    }
+                    if let Some(ack) = frame.ack {
+                        ack.done(Outcome::Processed);
+                    }
                 }
             }
         }
+        self.close_windows(&mut w, started);
     }
-    close_windows(&mut windows);
 }

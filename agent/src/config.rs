@@ -62,11 +62,13 @@ pub struct FleetConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     pub window_secs: u64,
+    /// Also send every frame's result (batched per window), not only the window summaries.
+    pub per_frame: bool,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig { window_secs: 10 }
+        TelemetryConfig { window_secs: 10, per_frame: false }
     }
 }
 

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use outpost_common::manifest::{self, Floors, KeySet, Manifest, Policy, SecretKey, Sha256Sum, TrustedKeys};
 use outpost_common::protocol::auth::{self, DeviceKey};
 use outpost_common::protocol::{
-    self, AgentState, AssignModel, Command, CommandAck, CommandBody, ConfidenceHistogram, Event, EventBody, FlagReason,
-    FrameBatch, FrameReport, Health, Latency, Message, ModelRef, Prediction, ProtocolError, SampleFlagged, SetConfig,
-    Status, SwapCommitted, SwapReverted, Telemetry, TelemetryBody, UpdateProgress, UpdateRejected, UpdateStage,
-    WindowSummary,
+    self, AgentReady, AgentState, AssignModel, CameraInfo, Command, CommandAck, CommandBody, ConfidenceHistogram,
+    Event, EventBody, FlagReason, FrameBatch, FrameReport, Health, Latency, Message, ModelRef, Prediction,
+    ProtocolError, SampleFlagged, SetConfig, Status, SwapCommitted, SwapReverted, Telemetry, TelemetryBody,
+    UpdateProgress, UpdateRejected, UpdateStage, WindowSummary,
 };
 use outpost_common::topics::{self, Channel, DeviceId};
 use outpost_common::vision::confidence::Confidence;
@@ -71,7 +71,14 @@ fn status() -> Status {
         agent_version: "0.1.0".into(),
         family: "x86_64-cpu".into(),
         model: Some(model()),
-        health: Some(Health { uptime_secs: 3600, fps: 29.5, outbox_pending: 0, errors: 2 }),
+        health: Some(Health {
+            uptime_secs: 3600,
+            fps: 29.5,
+            outbox_pending: 0,
+            outbox_dropped: 12,
+            frames_dropped: 3,
+            errors: 2,
+        }),
     }
 }
 
@@ -99,6 +106,7 @@ fn telemetry_frames() -> Telemetry {
         schema: SCHEMA,
         seq: 43,
         body: TelemetryBody::Frames(FrameBatch {
+            camera: "line-3".into(),
             model: model(),
             frames: vec![
                 FrameReport {
@@ -142,6 +150,16 @@ fn event(seq: u64, body: EventBody) -> Event {
 fn events() -> Vec<(&'static str, Event)> {
     let previous = Some(ModelRef { name: "defect".into(), version: 6 });
     vec![
+        (
+            "event_agent_ready",
+            event(
+                43,
+                EventBody::AgentReady(AgentReady {
+                    agent_version: "0.1.0".into(),
+                    cameras: vec![CameraInfo { name: "line-3".into(), source: "dir".into(), model: model() }],
+                }),
+            ),
+        ),
         (
             "event_sample_flagged",
             event(

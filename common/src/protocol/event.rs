@@ -22,6 +22,7 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum EventBody {
+    AgentReady(AgentReady),
     SampleFlagged(SampleFlagged),
     CommandAck(CommandAck),
     UpdateProgress(UpdateProgress),
@@ -47,6 +48,24 @@ pub enum FlagReason {
     NoPrediction,
     /// Randomly sampled for an unbiased review set.
     Random,
+}
+
+/// Sent once per start, when every camera's source and model are up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentReady {
+    pub agent_version: String,
+    pub cameras: Vec<CameraInfo>,
+}
+
+/// One camera as the agent runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraInfo {
+    pub name: String,
+    /// The source kind: `dir`, `http`, `v4l2` or `replay`.
+    pub source: String,
+    pub model: ModelRef,
 }
 
 /// A frame was flagged; its image is uploaded to `PUT /api/v1/samples/{sample}`.
@@ -141,6 +160,18 @@ impl Message for Event {
 
     fn validate(&self) -> Result<(), String> {
         let (id, text) = match &self.body {
+            EventBody::AgentReady(r) => {
+                check_len("agent_version", &r.agent_version, 64)?;
+                if r.cameras.len() > 256 {
+                    return Err(format!("{} cameras; at most 256", r.cameras.len()));
+                }
+                for c in &r.cameras {
+                    check_len("camera", &c.name, 128)?;
+                    check_len("source", &c.source, 32)?;
+                    check_len("model name", &c.model.name, 128)?;
+                }
+                (None, None)
+            }
             EventBody::SampleFlagged(f) => {
                 check_len("camera", &f.camera, 128)?;
                 (None, None)

@@ -20,8 +20,8 @@ use serde::de::DeserializeOwned;
 pub use command::{AssignModel, Command, CommandBody, SetConfig};
 pub use confidence::{ConfidenceHistogram, Latency, ModelRef};
 pub use event::{
-    CommandAck, Event, EventBody, FlagReason, SampleFlagged, SwapCommitted, SwapReverted, UpdateProgress,
-    UpdateRejected, UpdateStage,
+    AgentReady, CameraInfo, CommandAck, Event, EventBody, FlagReason, SampleFlagged, SwapCommitted, SwapReverted,
+    UpdateProgress, UpdateRejected, UpdateStage,
 };
 pub use sample::{MAX_SAMPLE_META_BYTES, SampleMeta};
 pub use status::{AgentState, Health, Status};

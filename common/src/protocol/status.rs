@@ -31,6 +31,10 @@ pub struct Health {
     pub fps: f32,
     /// Telemetry and events waiting in the durable outbox.
     pub outbox_pending: u64,
+    /// Telemetry and events dropped oldest-first at the outbox cap (a long outage), over the device's life.
+    pub outbox_dropped: u64,
+    /// Frames the pipeline dropped or rejected since start (backpressure on live cameras, unreadable frames).
+    pub frames_dropped: u64,
     /// Errors since start (failed frames, failed uploads).
     pub errors: u64,
 }

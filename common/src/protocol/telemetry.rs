@@ -56,10 +56,13 @@ pub struct WindowSummary {
     pub flagged: u64,
 }
 
-/// Per-frame results, sent while the fleet has asked for them (`set_config` `per_frame_secs`).
+/// Per-frame results, one batch per camera and model per window, sent when the agent's config turns them on
+/// (`[telemetry] per_frame`) or while the fleet has asked for them (`set_config` `per_frame_secs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FrameBatch {
+    /// The camera (as named in the agent's config) the frames came from.
+    pub camera: String,
     pub model: ModelRef,
     pub frames: Vec<FrameReport>,
 }
@@ -130,6 +133,7 @@ impl Message for Telemetry {
                 if b.frames.len() > MAX_FRAMES_PER_BATCH {
                     return Err(format!("{} frames in one batch; at most {MAX_FRAMES_PER_BATCH}", b.frames.len()));
                 }
+                check_len("camera", &b.camera, 128)?;
                 check_len("model name", &b.model.name, 128)
             }
         }
