@@ -52,6 +52,8 @@ impl Default for Dedup {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FlaggingConfig {
+    /// `false` turns flagging off for the camera, whatever the criteria say.
+    pub enabled: bool,
     /// Top-1 score (classifiers) or any detection score (detectors) inside this band.
     pub band: Option<Band>,
     /// Classifiers: top-1 minus top-2 below this.
@@ -69,6 +71,7 @@ pub struct FlaggingConfig {
 impl Default for FlaggingConfig {
     fn default() -> Self {
         FlaggingConfig {
+            enabled: true,
             band: Some(Band { low: 0.25, high: 0.5 }),
             max_margin: None,
             min_entropy: None,
@@ -129,6 +132,9 @@ impl Flagger {
     /// Which policy, if any, selects this frame.
     pub fn select(&mut self, result: &FrameResult) -> Option<FlagReason> {
         let c = &self.config;
+        if !c.enabled {
+            return None;
+        }
         let in_band = |s: f32| c.band.is_some_and(|b| s >= b.low && s < b.high);
         match result.confidence {
             Confidence::Classify { top1, margin, entropy } => {

@@ -111,6 +111,7 @@ impl Metrics {
         gauge(&mut out, "outpost_mqtt_connected", "1 while connected to the broker.", u64::from(l.connected));
         gauge(&mut out, "outpost_outbox_messages", "Messages waiting in the durable outbox.", l.outbox_messages);
         gauge(&mut out, "outpost_outbox_bytes", "Bytes waiting in the durable outbox.", l.outbox_bytes);
+        gauge(&mut out, "outpost_outbox_durable_seq", "The seq of the last message made durable.", l.durable_seq);
         counter(&mut out, "outpost_outbox_dropped_total", "Messages dropped because the outbox was full.");
         let _ = writeln!(out, "outpost_outbox_dropped_total {}", l.dropped);
         out

@@ -150,8 +150,10 @@ impl LinkConfig {
         if self.reconnect_min_ms == 0 || self.reconnect_max_ms < self.reconnect_min_ms {
             return bad("reconnect_min_ms must be > 0 and <= reconnect_max_ms");
         }
-        if self.outbox.max_bytes < 1024 * 1024 {
-            return bad("outbox.max_bytes must be at least 1 MiB (one message may be ~350 KB)");
+        // A message larger than the cap is refused (and logged) when it is appended; below this, ordinary window
+        // summaries and per-frame batches would start to be refused too.
+        if self.outbox.max_bytes < 64 * 1024 {
+            return bad("outbox.max_bytes must be at least 64 KiB");
         }
         if broker.tls && self.tls.ca_file.is_none() {
             return bad("mqtts:// needs tls.ca_file");
