@@ -41,6 +41,18 @@ impl ConfidenceHistogram {
     pub fn total(&self) -> u64 {
         self.0.iter().fold(0u64, |acc, c| acc.saturating_add(*c))
     }
+
+    /// The mean confidence, each count taken at its bin's centre (at most 0.025 from the exact mean); `None` when
+    /// empty.
+    pub fn mean(&self) -> Option<f64> {
+        let total = self.total();
+        if total == 0 {
+            return None;
+        }
+        let width = 1.0 / Self::BINS as f64;
+        let sum: f64 = self.0.iter().enumerate().map(|(i, &c)| (i as f64 + 0.5) * width * c as f64).sum();
+        Some(sum / total as f64)
+    }
 }
 
 /// Inference latency percentiles over a window, in milliseconds (preprocess + inference + postprocess).
@@ -63,6 +75,17 @@ pub struct ModelRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mean_uses_bin_centres() {
+        let mut h = ConfidenceHistogram::default();
+        assert_eq!(h.mean(), None);
+        h.add(0.0);
+        h.add(1.0);
+        assert!((h.mean().expect("mean") - 0.5).abs() < 1e-9);
+        h.add(0.91);
+        assert!((h.mean().expect("mean") - (0.025 + 0.975 + 0.925) / 3.0).abs() < 1e-9);
+    }
 
     #[test]
     fn bins() {
