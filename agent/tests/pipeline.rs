@@ -16,10 +16,14 @@ fn root() -> PathBuf {
 }
 
 fn served() -> Served {
+    served_as(1)
+}
+
+fn served_as(version: u64) -> Served {
     let rt = Runtime::init(None).expect("ONNX Runtime");
     let bytes = std::fs::read(root().join("models/zoo/defect-yolo11n-320.onnx")).expect("model");
     let vision = Vision::load(rt, &bytes, VisionOptions::default()).expect("model loads");
-    Served { model: ModelRef { name: "defect".into(), version: 1 }, vision }
+    Served { model: ModelRef { name: "defect".into(), version }, vision }
 }
 
 fn frame(seq: u64, bytes: Vec<u8>) -> EncodedFrame {
@@ -123,4 +127,83 @@ fn live_frames_drop_the_oldest_when_inference_falls_behind() {
     assert!(dropped > 0, "inference could not keep up, so frames were dropped");
     assert_eq!(processed + dropped, pushed, "every frame is either processed or counted as dropped");
     assert_eq!(last, pushed, "the newest frame is always processed");
+}
+
+type Outputs = tokio::sync::mpsc::Receiver<FrameOutput>;
+
+/// Waits until `rx` holds at least `n` outputs.
+fn wait_outputs(rx: &Outputs, n: usize) {
+    while rx.len() < n {
+        std::thread::yield_now();
+    }
+}
+
+/// Outputs of a pipeline fed `n` frames by another thread, with `act` run on the pipeline after `at` outputs while
+/// frames keep flowing.
+fn run_with(n: u64, at: usize, act: impl FnOnce(&Pipeline, &Outputs)) -> Vec<FrameOutput> {
+    let files = val_files();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<FrameOutput>(4096);
+    let pipeline = Pipeline::start(served_as(1), Overflow::Wait, 4, Default::default(), tx).expect("threads start");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..n {
+                pipeline.push(frame(i + 1, std::fs::read(&files[i as usize % files.len()]).expect("fixture")));
+            }
+        });
+        wait_outputs(&rx, at);
+        act(&pipeline, &rx);
+    });
+    pipeline.drain();
+    let mut outputs = Vec::new();
+    while let Ok(o) = rx.try_recv() {
+        outputs.push(o);
+    }
+    outputs
+}
+
+#[test]
+fn a_swap_between_frames_drops_nothing_and_splits_the_versions() {
+    let n = 120;
+    let outputs = run_with(n, 40, |p, _| {
+        let old = p.swap(served_as(2)).expect("swap queued").blocking_recv().expect("swapped");
+        assert_eq!(old.map(|s| s.model.version), Some(1), "the replaced model is handed back");
+    });
+    let seqs: Vec<u64> = outputs.iter().map(|o| o.frame.seq).collect();
+    assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "every frame answered exactly once, in order");
+    let versions: Vec<u64> = outputs.iter().map(|o| o.model.as_ref().expect("served").version).collect();
+    let switch = versions.iter().position(|v| *v == 2).expect("version 2 served");
+    assert!(switch >= 40, "the swap happened after the first frames");
+    assert!(versions[..switch].iter().all(|v| *v == 1) && versions[switch..].iter().all(|v| *v == 2), "A…A B…B");
+    assert!(outputs.iter().all(|o| o.outcome.is_ok()));
+}
+
+#[test]
+fn unloading_skips_frames_until_the_next_model_arrives() {
+    let files = val_files();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<FrameOutput>(4096);
+    let pipeline = Pipeline::start(served_as(1), Overflow::Wait, 4, Default::default(), tx).expect("threads start");
+    let feed = |range: std::ops::Range<u64>| {
+        for i in range {
+            pipeline.push(frame(i + 1, std::fs::read(&files[i as usize % files.len()]).expect("fixture")));
+        }
+    };
+    feed(0..20);
+    wait_outputs(&rx, 20);
+    let old = pipeline.unload().expect("unload queued").blocking_recv().expect("unloaded");
+    assert_eq!(old.map(|s| s.model.version), Some(1));
+    // Frames arriving while no model is loaded are answered as skipped.
+    feed(20..30);
+    wait_outputs(&rx, 30);
+    pipeline.swap(served_as(2)).expect("swap queued").blocking_recv().expect("swapped");
+    feed(30..40);
+    pipeline.drain();
+    let mut outputs = Vec::new();
+    while let Ok(o) = rx.try_recv() {
+        outputs.push(o);
+    }
+    assert_eq!(outputs.len(), 40, "every frame answered");
+    let kinds: Vec<&str> = outputs.iter().map(|o| o.outcome.as_ref().err().map_or("ok", |e| e.kind())).collect();
+    assert!(kinds[..20].iter().chain(&kinds[30..]).all(|k| *k == "ok"));
+    assert!(kinds[20..30].iter().all(|k| *k == "model_swap"), "{kinds:?}");
+    assert!(outputs[30..].iter().all(|o| o.model.as_ref().is_some_and(|m| m.version == 2)));
 }
