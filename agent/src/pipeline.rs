@@ -51,7 +51,7 @@ pub struct DecodedFrame {
 enum Work {
     Frame(DecodedFrame),
     /// Serve this model from the next frame on; hand back the one it replaces.
-    Swap(Served, oneshot::Sender<Option<Served>>),
+    Swap(Box<Served>, oneshot::Sender<Option<Served>>),
     /// Stop serving (unload the model to make room); hand it back. Frames until the next swap are skipped.
     Unload(oneshot::Sender<Option<Served>>),
 }
@@ -152,7 +152,7 @@ impl Pipeline {
     /// it from a blocking context.
     pub fn swap(&self, served: Served) -> Result<oneshot::Receiver<Option<Served>>, SwapError> {
         let (tx, rx) = oneshot::channel();
-        match self.decoded.push(Work::Swap(served, tx)) {
+        match self.decoded.push(Work::Swap(Box::new(served), tx)) {
             Pushed::Closed => Err(SwapError::Stopped),
             _ => Ok(rx),
         }
@@ -211,7 +211,7 @@ fn infer_loop(decoded: &StageQueue<Work>, served: Served, out: &OutputSender) {
             Work::Frame(d) => d,
             Work::Swap(next, done) => {
                 tracing::debug!(model = %next.model.name, version = next.model.version, "swapped");
-                let _ = done.send(served.replace(next));
+                let _ = done.send(served.replace(*next));
                 continue;
             }
             Work::Unload(done) => {
