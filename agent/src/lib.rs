@@ -1,5 +1,6 @@
 //! The Outpost agent as a library: the daemon's parts, each testable on its own. `main.rs` is the CLI over them.
 pub mod app;
+pub mod candidate;
 pub mod config;
 pub mod flagging;
 pub mod link;
