@@ -53,6 +53,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         family: family.clone(),
         model: first_model.clone(),
+        models: Vec::new(),
         health: None,
     };
 

@@ -45,6 +45,7 @@ fn status() -> Status {
         agent_version: "test".into(),
         family: "x86_64-cpu".into(),
         model: None,
+        models: Vec::new(),
         health: None,
     }
 }

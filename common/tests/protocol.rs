@@ -10,8 +10,8 @@ use outpost_common::protocol::auth::{self, DeviceKey};
 use outpost_common::protocol::{
     self, AgentReady, AgentState, AssignModel, CameraInfo, Command, CommandAck, CommandBody, ConfidenceHistogram,
     Event, EventBody, FlagReason, FrameBatch, FrameReport, Health, Latency, Message, ModelRef, Prediction,
-    ProtocolError, SampleFlagged, SetConfig, Status, SwapCommitted, SwapReverted, Telemetry, TelemetryBody,
-    UpdateProgress, UpdateRejected, UpdateStage, WindowSummary,
+    ProtocolError, SampleFlagged, ServedModel, SetConfig, Status, SwapCommitted, SwapReverted, Telemetry,
+    TelemetryBody, UpdateProgress, UpdateRejected, UpdateStage, WindowSummary,
 };
 use outpost_common::topics::{self, Channel, DeviceId};
 use outpost_common::vision::confidence::Confidence;
@@ -71,6 +71,7 @@ fn status() -> Status {
         agent_version: "0.1.0".into(),
         family: "x86_64-cpu".into(),
         model: Some(model()),
+        models: vec![ServedModel { name: "defect".into(), active: 7, previous: Some(6), committed: false }],
         health: Some(Health {
             uptime_secs: 3600,
             fps: 29.5,

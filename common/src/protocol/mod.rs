@@ -24,7 +24,7 @@ pub use event::{
     UpdateProgress, UpdateRejected, UpdateStage,
 };
 pub use sample::{MAX_SAMPLE_META_BYTES, SampleMeta};
-pub use status::{AgentState, Health, Status};
+pub use status::{AgentState, Health, ServedModel, Status};
 pub use telemetry::{
     FrameBatch, FrameReport, MAX_FRAMES_PER_BATCH, Prediction, Telemetry, TelemetryBody, WindowSummary,
 };

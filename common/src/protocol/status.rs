@@ -53,8 +53,23 @@ pub struct Status {
     /// The active model, if one is serving.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelRef>,
+    /// Every model name the agent serves: the active version, the one kept to fall back to, and whether the active
+    /// one is committed or still in its health window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ServedModel>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+}
+
+/// One model name as the agent serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServedModel {
+    pub name: String,
+    pub active: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<u64>,
+    pub committed: bool,
 }
 
 impl Status {
@@ -73,6 +88,10 @@ impl Message for Status {
 
     fn validate(&self) -> Result<(), String> {
         check_len("agent_version", &self.agent_version, 64)?;
+        if self.models.len() > 64 {
+            return Err(format!("{} models; at most 64", self.models.len()));
+        }
+        self.models.iter().try_for_each(|m| check_len("model name", &m.name, 128))?;
         check_len("family", &self.family, 128)?;
         if let Some(model) = &self.model {
             check_len("model name", &model.name, 128)?;
