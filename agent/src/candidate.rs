@@ -3,7 +3,7 @@
 //! Only bytes whose hash the manifest vouches for reach this module (see `update::artifact`).
 
 use image::RgbImage;
-use outpost_common::manifest::Manifest;
+use outpost_common::manifest::VerifiedManifest;
 use outpost_common::vision::engine::Runtime;
 use outpost_common::vision::{Vision, VisionError, VisionOptions};
 
@@ -29,39 +29,18 @@ impl CandidateError {
     }
 }
 
-/// Loads `bytes` (already verified against `manifest`) and checks the model is the one the manifest describes: same
-/// task, input size and layout, and labels.
-pub fn load(rt: &Runtime, bytes: &[u8], manifest: &Manifest, options: VisionOptions) -> Result<Vision, CandidateError> {
-    let options = VisionOptions { hints: manifest.spec_hints(), ..options };
+/// Loads `bytes` (already checked against the manifest's hash and length) and checks the model is the one the
+/// verified manifest describes: task, input size and layout, classes ([`VerifiedManifest::check_spec`]).
+pub fn load(
+    rt: &Runtime,
+    bytes: &[u8],
+    verified: &VerifiedManifest,
+    options: VisionOptions,
+) -> Result<Vision, CandidateError> {
+    let options = VisionOptions { hints: verified.manifest().spec_hints(), ..options };
     let vision = Vision::load(rt, bytes, options).map_err(CandidateError::Load)?;
-    check(&vision, manifest)?;
+    verified.check_spec(vision.spec()).map_err(|e| CandidateError::Mismatch(e.to_string()))?;
     Ok(vision)
-}
-
-/// Compares the model as resolved from its own graph and metadata with what the manifest declares.
-pub fn check(vision: &Vision, manifest: &Manifest) -> Result<(), CandidateError> {
-    let spec = vision.spec();
-    let mismatch = |what: String| Err(CandidateError::Mismatch(what));
-    if spec.task != manifest.task {
-        return mismatch(format!("task {} where the manifest says {}", spec.task.as_str(), manifest.task.as_str()));
-    }
-    let (got, want) = (&spec.input, &manifest.input);
-    if (got.width, got.height) != (want.width, want.height) {
-        return mismatch(format!(
-            "input {}×{} where the manifest says {}×{}",
-            got.width, got.height, want.width, want.height
-        ));
-    }
-    if got.layout != want.layout {
-        return mismatch(format!("input layout {:?} where the manifest says {:?}", got.layout, want.layout));
-    }
-    if spec.labels.len() != manifest.labels.len() {
-        return mismatch(format!("{} classes where the manifest lists {}", spec.labels.len(), manifest.labels.len()));
-    }
-    if let Some((i, (a, b))) = spec.labels.iter().zip(&manifest.labels).enumerate().find(|(_, (a, b))| a != b) {
-        return mismatch(format!("class {i} is `{a}` where the manifest says `{b}`"));
-    }
-    Ok(())
 }
 
 /// Runs the model on `frames` (recent frames from its cameras, or a neutral frame when there are none yet); every

@@ -107,7 +107,7 @@ pub struct Served {
 pub struct Pipeline {
     pub input: Arc<StageQueue<EncodedFrame>>,
     decoded: Arc<StageQueue<Work>>,
-    threads: Vec<JoinHandle<()>>,
+    threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Pipeline {
@@ -133,7 +133,7 @@ impl Pipeline {
                 .name("outpost-infer".into())
                 .spawn(move || infer_loop(&decoded, served, &out))?
         };
-        Ok(Pipeline { input, decoded, threads: vec![decoder, inference] })
+        Ok(Pipeline { input, decoded, threads: std::sync::Mutex::new(vec![decoder, inference]) })
     }
 
     /// Offers a frame; returns what the overflow policy did (with [`Overflow::Wait`] this blocks while full — call
@@ -168,10 +168,11 @@ impl Pipeline {
         }
     }
 
-    /// Stops taking frames, lets the frames already queued finish, and joins the threads.
-    pub fn drain(self) {
+    /// Stops taking frames, lets the frames already queued finish, and joins the threads. Later calls return at once.
+    pub fn drain(&self) {
         self.input.close();
-        for t in self.threads {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
             let _ = t.join();
         }
         self.decoded.close();

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use outpost_agent::candidate::{self, CandidateError};
-use outpost_common::manifest::{Artifact, MANIFEST_SCHEMA, Manifest, Sha256Sum};
+use outpost_common::manifest::{
+    self, Artifact, Floors, MANIFEST_SCHEMA, Manifest, Policy, SecretKey, Sha256Sum, TrustedKeys, VerifiedManifest,
+};
 use outpost_common::vision::engine::Runtime;
 use outpost_common::vision::{Vision, VisionOptions};
 
@@ -16,8 +18,16 @@ fn read(rel: &str) -> Vec<u8> {
     std::fs::read(root().join(rel)).expect("fixture")
 }
 
-/// A manifest describing the zoo's defect detector (320×320, three classes) for `bytes`.
-fn defect_manifest(bytes: &[u8]) -> Manifest {
+/// A verified manifest describing the zoo's defect detector (320×320, three classes) for `bytes`.
+fn defect_manifest(bytes: &[u8]) -> VerifiedManifest {
+    let key = SecretKey::from_seed(&[7; 32]);
+    let envelope = manifest::sign_manifest(&describe_defect(bytes), &[&key]);
+    let trusted = TrustedKeys::new([key.public()], 1).expect("trusted");
+    let policy = Policy { now: time::OffsetDateTime::now_utc(), family: None, floors: &Floors::default() };
+    manifest::verify_envelope(&envelope, &trusted, &policy).expect("verifies")
+}
+
+fn describe_defect(bytes: &[u8]) -> Manifest {
     let rt = Runtime::init(None).expect("ONNX Runtime");
     let zoo = Vision::load(rt, &read("models/zoo/defect-yolo11n-320.onnx"), VisionOptions::default()).expect("loads");
     let now = time::OffsetDateTime::now_utc();
@@ -64,9 +74,9 @@ fn the_model_its_manifest_describes_loads_and_warms_up() {
 fn a_model_with_other_inputs_than_its_manifest_is_refused() {
     let err = load("tests/fixtures/models/defect-640.onnx").expect_err("640 is not 320");
     assert_eq!(err.code(), "spec_mismatch");
-    assert!(err.to_string().contains("input 640×640 where the manifest says 320×320"), "{err}");
+    assert!(err.to_string().contains("input size: the manifest says 320x320, the model is 640x640"), "{err}");
     let err = load("tests/fixtures/models/dynamic-cls.onnx").expect_err("a classifier is not a detector");
-    assert!(err.to_string().contains("task classify"), "{err}");
+    assert!(err.to_string().contains("the model is classify"), "{err}");
 }
 
 #[test]
