@@ -10,4 +10,5 @@ pub mod queue;
 pub mod samples;
 pub mod source;
 pub mod store;
+pub mod update;
 pub mod window;
