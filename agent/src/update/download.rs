@@ -358,12 +358,16 @@ impl Downloader {
         let (part_path, total) = (request.part_path(), request.expected.length);
         let done = AtomicU64::new(0);
         let deadline = tokio::time::Instant::now() + self.config.deadline;
-        let result = tokio::select! {
-            _ = cancel.cancelled() => Err(DownloadError::Cancelled),
-            r = tokio::time::timeout_at(deadline, self.run(request, &done, progress)) => r.unwrap_or_else(|_| {
-                Err(DownloadError::Deadline { deadline: self.config.deadline, done: done.load(Ordering::Relaxed), total })
-            }),
-        };
+        // Cancellation is checked inside, at every wait, so the part file is flushed before returning; the deadline
+        // drops the work wherever it is, which is fine because the part is removed then.
+        let result =
+            tokio::time::timeout_at(deadline, self.run(request, cancel, &done, progress)).await.unwrap_or_else(|_| {
+                Err(DownloadError::Deadline {
+                    deadline: self.config.deadline,
+                    done: done.load(Ordering::Relaxed),
+                    total,
+                })
+            });
         match &result {
             Ok(artifact) => {
                 tracing::info!(url = %request.url, sha256 = %artifact.sha256(), bytes = artifact.len(),
@@ -384,17 +388,16 @@ impl Downloader {
     async fn run(
         &self,
         request: &DownloadRequest,
+        cancel: &CancellationToken,
         done: &AtomicU64,
         progress: impl FnMut(Progress),
     ) -> Result<VerifiedArtifact, DownloadError> {
-        let expected = &request.expected;
-        let total = expected.length;
         let (dir, artifact_path) = (&request.dir, request.artifact_path());
         tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
 
         // A verified artifact left by an earlier run that stopped before installing it needs no network.
         if tokio::fs::try_exists(&artifact_path).await.unwrap_or(false) {
-            let (path, expected) = (artifact_path.clone(), expected.clone());
+            let (path, expected) = (artifact_path.clone(), request.expected.clone());
             match tokio::task::spawn_blocking(move || VerifiedArtifact::from_file(path, &expected)).await {
                 Ok(Ok(artifact)) => return Ok(artifact),
                 _ => {
@@ -403,13 +406,32 @@ impl Downloader {
             }
         }
 
+        let total = request.expected.length;
         let mut part = Part::open(request.part_path(), total).await?;
         done.store(part.done, Ordering::Relaxed);
-        self.check_space(dir, total - part.done)?;
+        self.check_space(dir, total.saturating_sub(part.done))?;
         if part.done > 0 {
             tracing::info!(url = %request.url, offset = part.done, total, "resuming download from a part file");
         }
+        let result = self.transfer(request, cancel, &mut part, done, progress).await;
+        if result.is_err() {
+            // Waits for a write still in flight, so the part on disk is whole for the next run.
+            let _ = part.file.flush().await;
+        }
+        result
+    }
 
+    /// The attempts, then the verification and the rename.
+    async fn transfer(
+        &self,
+        request: &DownloadRequest,
+        cancel: &CancellationToken,
+        part: &mut Part,
+        done: &AtomicU64,
+        progress: impl FnMut(Progress),
+    ) -> Result<VerifiedArtifact, DownloadError> {
+        let (expected, total) = (&request.expected, request.expected.length);
+        let (dir, artifact_path) = (&request.dir, request.artifact_path());
         let mut reporter = Reporter { total, last: None, callback: progress };
         let mut backoff = Backoff::new(self.config.min_backoff, self.config.max_backoff);
         let mut failures = 0u32;
@@ -418,7 +440,7 @@ impl Downloader {
             if part.done < total {
                 reporter.report(part.done, true);
                 let before = part.done;
-                if let Err(error) = self.attempt(request, &mut part, done, &mut reporter).await {
+                if let Err(error) = self.attempt(request, cancel, part, done, &mut reporter).await {
                     if !error.is_retryable() {
                         return Err(error);
                     }
@@ -433,7 +455,11 @@ impl Downloader {
                     let delay = backoff.fail();
                     tracing::warn!(url = %request.url, attempt = failures, done = part.done, total,
                         kind = error.kind(), error = %error, ?delay, "download attempt failed; retrying");
-                    tokio::time::sleep(delay).await;
+                    cancellable(cancel, async {
+                        tokio::time::sleep(delay).await;
+                        Ok(())
+                    })
+                    .await?;
                     continue;
                 }
             }
@@ -471,6 +497,7 @@ impl Downloader {
     async fn attempt(
         &self,
         request: &DownloadRequest,
+        cancel: &CancellationToken,
         part: &mut Part,
         done: &AtomicU64,
         reporter: &mut Reporter<impl FnMut(Progress)>,
@@ -484,10 +511,13 @@ impl Downloader {
         if let Some(token) = &request.bearer_token {
             builder = builder.bearer_auth(token);
         }
-        let mut response = tokio::time::timeout(stall, builder.send())
-            .await
-            .map_err(|_| DownloadError::Stalled(stall))?
-            .map_err(transport)?;
+        let mut response = cancellable(cancel, async {
+            tokio::time::timeout(stall, builder.send())
+                .await
+                .map_err(|_| DownloadError::Stalled(stall))?
+                .map_err(transport)
+        })
+        .await?;
         let content_range = response.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
         let status = response.status();
         match plan(url, status.as_u16(), content_range.as_deref(), response.content_length(), part.done, total) {
@@ -508,10 +538,13 @@ impl Downloader {
             }
         }
         loop {
-            let chunk = tokio::time::timeout(stall, response.chunk())
-                .await
-                .map_err(|_| DownloadError::Stalled(stall))?
-                .map_err(transport)?;
+            let chunk = cancellable(cancel, async {
+                tokio::time::timeout(stall, response.chunk())
+                    .await
+                    .map_err(|_| DownloadError::Stalled(stall))?
+                    .map_err(transport)
+            })
+            .await?;
             let Some(bytes) = chunk else { break };
             let received = part.done.saturating_add(bytes.len() as u64);
             if received > total {
@@ -525,6 +558,18 @@ impl Downloader {
             return Err(DownloadError::Truncated { done: part.done, total });
         }
         Ok(())
+    }
+}
+
+/// `work`, or [`DownloadError::Cancelled`] as soon as `cancel` is.
+async fn cancellable<T>(
+    cancel: &CancellationToken,
+    work: impl Future<Output = Result<T, DownloadError>>,
+) -> Result<T, DownloadError> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(DownloadError::Cancelled),
+        result = work => result,
     }
 }
 
