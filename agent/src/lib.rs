@@ -12,4 +12,6 @@ pub mod samples;
 pub mod source;
 pub mod store;
 pub mod trial;
+pub mod update;
+pub mod updater;
 pub mod window;
