@@ -12,15 +12,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use image::RgbImage;
-use outpost_common::manifest::Sha256Sum;
+use outpost_common::manifest::{FloorStore, Sha256Sum};
 use outpost_common::protocol::ModelRef;
 use outpost_common::protocol::{
     AgentReady, AgentState, CameraInfo, EventBody, FrameBatch, FrameReport, Health, MAX_FRAMES_PER_BATCH, Prediction,
-    SCHEMA, SampleFlagged, SampleMeta, Status, TelemetryBody,
+    SCHEMA, SampleFlagged, SampleMeta, Status, SwapReverted, TelemetryBody,
 };
 use outpost_common::vision::engine::{EngineOptions, Runtime};
 use outpost_common::vision::postprocess::DetectParams;
-use outpost_common::vision::{FrameResult, Vision, VisionOptions};
+use outpost_common::vision::{FrameResult, VisionOptions};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +34,11 @@ use crate::queue::{Overflow, Pushed};
 use crate::samples::{SampleQueue, UploadTarget, run_uploader};
 use crate::source::{FrameSource, Outcome, SourceContext};
 use crate::store::SledStore;
+use crate::trial::Trial;
+use crate::update::{Downloader, SlotStore};
+use crate::updater::Updater;
+use crate::updater::seen::SeenCommands;
+use crate::updater::serving::{self, Choice, Serving, Shared};
 use crate::window::{FrameOutcome, Window};
 
 /// Runs the agent until `shutdown` is cancelled, then stops within the configured deadline.
@@ -81,32 +86,93 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         }
     };
 
-    // Models and pipelines: one pipeline (decode + inference thread) per camera.
+    // Models: for each model name, the version to serve (an installed, verified one, else the configured file).
+    let updates = &raw.updates;
+    let trusted = updates.trusted().map_err(anyhow::Error::msg)?;
+    let slots = SlotStore::open(raw.state_dir.join("models"), updates.max_trial_starts)?;
+    let floors = FloorStore::open(raw.state_dir.join("floors.json"))?;
+    let shared = Arc::new(Shared::default());
+    let mut chosen = BTreeMap::new();
+    for model in raw.models.iter().filter(|m| raw.cameras.iter().any(|c| c.model == m.name)) {
+        let choice = Choice {
+            slots: &slots,
+            trusted: trusted.as_ref(),
+            family: &family,
+            floors: floors.floors(),
+            configured: model,
+        };
+        let c = serving::choose(&choice)?;
+        for r in &c.reverted {
+            link.publish_event(EventBody::SwapReverted(SwapReverted {
+                command_id: "startup".into(),
+                model: ModelRef { name: model.name.clone(), version: r.from },
+                restored: r.to.map(|v| ModelRef { name: model.name.clone(), version: v }),
+                reason: r.reason.clone(),
+            }))?;
+        }
+        tracing::info!(model = %model.name, version = c.model.version, committed = c.committed, installed = c.verified.is_some(), "serving");
+        chosen.insert(model.name.clone(), c);
+    }
+
+    // Pipelines: one (decode + inference thread) per camera, each with its own session of its model.
     let (out_tx, out_rx) = mpsc::channel::<FrameOutput>(64);
     let mut cameras = Vec::new();
     let mut counters = BTreeMap::new();
     let mut infos = Vec::new();
+    let mut served_models: BTreeMap<String, Serving> = BTreeMap::new();
+    let mut boot_trials = Vec::new();
     for cam in &raw.cameras {
-        let Some(model) = raw.models.iter().find(|m| m.name == cam.model) else { continue };
-        let bytes = std::fs::read(&model.path).with_context(|| format!("reading model {}", model.path.display()))?;
+        let (Some(model), Some(choice)) = (raw.models.iter().find(|m| m.name == cam.model), chosen.get(&cam.model))
+        else {
+            continue;
+        };
         let options = VisionOptions {
             engine: EngineOptions { intra_threads: raw.runtime.threads, ..EngineOptions::default() },
             detect: DetectParams { conf: model.conf, iou: model.iou, ..DetectParams::default() },
             ..VisionOptions::default()
         };
-        let vision = Vision::load(rt, &bytes, options).with_context(|| format!("loading model `{}`", model.name))?;
+        let vision = serving::load_sessions(rt, &choice.bytes, choice.verified.as_ref(), &options, 1)
+            .with_context(|| format!("loading model `{}`", model.name))?
+            .pop()
+            .context("no session")?;
         let ctx = SourceContext { camera: cam.name.clone(), state_dir: raw.state_dir.join("sources") };
         let source = cam.source.build(&ctx).with_context(|| format!("camera `{}`", cam.name))?;
         let overflow = if source.is_live() { Overflow::DropOldest } else { Overflow::Wait };
-        let model_ref = ModelRef { name: model.name.clone(), version: model.version };
-        infos.push(CameraInfo { name: cam.name.clone(), source: cam.source.kind().into(), model: model_ref.clone() });
-        let served = Served { model: model_ref, vision };
-        let pipeline = Pipeline::start(served, overflow, cam.queue_depth, Default::default(), out_tx.clone())?;
+        infos.push(CameraInfo {
+            name: cam.name.clone(),
+            source: cam.source.kind().into(),
+            model: choice.model.clone(),
+        });
+        let served = Served { model: choice.model.clone(), vision };
+        let pipeline =
+            Arc::new(Pipeline::start(served, overflow, cam.queue_depth, Default::default(), out_tx.clone())?);
+        let entry = served_models.entry(model.name.clone()).or_insert_with(|| Serving {
+            name: model.name.clone(),
+            options: options.clone(),
+            cameras: Vec::new(),
+            active: choice.model.version,
+            previous: choice.previous,
+            committed: choice.committed,
+            configured: ModelRef { name: model.name.clone(), version: model.version },
+            configured_path: model.path.clone(),
+        });
+        entry.cameras.push((cam.name.clone(), pipeline.clone()));
         let c = Arc::new(CameraCounters::default());
         counters.insert(cam.name.clone(), c.clone());
         cameras.push((cam.clone(), source, pipeline, c));
     }
     drop(out_tx);
+    for (name, choice) in &chosen {
+        if !choice.committed {
+            let baseline = choice.verified.as_ref().and_then(|v| v.manifest().baseline.clone());
+            shared
+                .lock_trials()
+                .insert(choice.model.clone(), Trial::new(updates.trial.clone(), baseline, crate::updater::clock()));
+            boot_trials.push(choice.model.clone());
+            tracing::info!(model = %name, version = choice.model.version, "resuming the health window of an uncommitted version");
+        }
+    }
+    drop(chosen);
 
     let metrics = Arc::new(Metrics {
         cameras: counters.clone(),
@@ -125,7 +191,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         })
     };
 
-    // Results: windows, flagging, samples, acknowledgements.
+    // Results: windows, flagging, samples, acknowledgements, trials.
+    let consumer_status = Arc::new(std::sync::Mutex::new(status(AgentState::Running)));
     let consumer = Consumer {
         flaggers: raw
             .cameras
@@ -139,9 +206,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         link: link.clone(),
         samples: samples.clone(),
         device: config.device.to_string(),
-        status: status(AgentState::Running),
+        status: consumer_status.clone(),
+        shared: shared.clone(),
     };
     let results = tokio::spawn(consumer.run(out_rx));
+
+    // Model updates: commands from the link, the fleet check.
+    let status_shared = consumer_status.clone();
+    let updater = Updater {
+        config: updates.clone(),
+        trusted,
+        family: family.clone(),
+        rt,
+        slots,
+        floors,
+        serving: served_models,
+        shared: shared.clone(),
+        link: link.clone(),
+        status: status_shared,
+        downloader: Downloader::new(updates.download_config())?,
+        http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+        fleet: raw.fleet.url.clone().zip(raw.fleet.token.clone()),
+        device: config.device.to_string(),
+        seen: SeenCommands::open(&raw.state_dir.join("commands-seen.json")),
+        boot_trials,
+    };
+    let commands = link.take_commands().context("the link's command receiver was taken")?;
+    let updater_task = tokio::spawn(updater.run(commands, shutdown.clone()));
 
     // Sources.
     let ready = AgentReady { agent_version: env!("CARGO_PKG_VERSION").to_string(), cameras: infos };
@@ -172,6 +263,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     if let Some(u) = uploader {
         let _ = tokio::time::timeout(Duration::from_secs(1), u).await;
     }
+    let _ = tokio::time::timeout(remaining(deadline), updater_task).await;
     link.set_status(status(AgentState::Offline));
     link_shutdown.cancel();
     if tokio::time::timeout(remaining(deadline + Duration::from_secs(1)), link_task).await.is_err() {
@@ -191,7 +283,7 @@ fn seed(name: &str) -> u64 {
 async fn read_source(
     camera: String,
     mut source: Box<dyn FrameSource>,
-    pipeline: Pipeline,
+    pipeline: Arc<Pipeline>,
     counters: Arc<CameraCounters>,
     shutdown: CancellationToken,
 ) {
@@ -268,8 +360,10 @@ struct Consumer {
     link: crate::link::LinkHandle,
     samples: SampleQueue,
     device: String,
-    /// The running status; its health is refreshed at every window.
-    status: Status,
+    /// The running status (the updater keeps its models current); its health is refreshed at every window.
+    status: Arc<std::sync::Mutex<Status>>,
+    /// Trials to feed, latest frames to keep.
+    shared: Arc<Shared>,
 }
 
 /// The open state of the consumer: one window per camera, per-frame reports when asked for, drop bookkeeping.
@@ -308,7 +402,10 @@ impl Consumer {
         let fps = (w.processed_in_window as f64 / elapsed) as f32;
         w.processed_in_window = 0;
         w.opened = Instant::now();
-        self.link.set_status(Status { at: end, health: Some(self.health(started, fps)), ..self.status.clone() });
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.at = end;
+        status.health = Some(self.health(started, fps));
+        self.link.set_status(status.clone());
     }
 
     fn health(&self, started: Instant, fps: f32) -> Health {
@@ -399,6 +496,14 @@ impl Consumer {
             let Some(FrameOutput { frame, model, outcome }) = output else { break };
             let camera = frame.camera.to_string();
             let Some(c) = self.counters.get(&camera).cloned() else { continue };
+            if let Some(model) = &model
+                && let Some(trial) = self.shared.lock_trials().get_mut(model)
+            {
+                match &outcome {
+                    Ok((r, _)) => trial.record_frame(r.confidence.headline()),
+                    Err(e) => trial.record_error(e.kind()),
+                }
+            }
             match outcome {
                 Err(e) => {
                     if c.reject(e.kind()) {
@@ -446,6 +551,7 @@ impl Consumer {
                     if let Some(ack) = frame.ack {
                         ack.done(Outcome::Processed);
                     }
+                    self.shared.last_frames().insert(frame.camera.to_string(), image);
                 }
             }
         }

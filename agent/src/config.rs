@@ -11,6 +11,7 @@ use crate::flagging::FlaggingConfig;
 use crate::link::LinkConfig;
 use crate::samples::SamplesConfig;
 use crate::source::SourceConfig;
+use crate::updater::config::UpdatesConfig;
 
 /// The commented default configuration, printed by `outpost-agent print-config`.
 pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
@@ -35,6 +36,8 @@ pub struct AgentConfig {
     pub runtime: RuntimeConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub updates: UpdatesConfig,
     pub models: Vec<ModelConfig>,
     pub cameras: Vec<CameraConfig>,
 }
@@ -234,6 +237,7 @@ impl AgentConfig {
                 return Err(invalid(format!("camera `{}`: queue_depth must be at least 1", c.name)));
             }
         }
+        self.updates.validate().map_err(invalid)?;
         let samples = SamplesConfig {
             dir: self.samples.dir.clone().unwrap_or_else(|| self.state_dir.join("samples")),
             max_bytes: self.samples.max_bytes,

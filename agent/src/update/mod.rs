@@ -17,7 +17,7 @@
 
 pub mod artifact;
 pub mod download;
-mod fsutil;
+pub(crate) mod fsutil;
 pub mod record;
 pub mod slots;
 
