@@ -15,6 +15,9 @@ use outpost_tests::broker::free_port;
 use outpost_tests::subscriber::{Received, Subscriber};
 use serde_json::Value;
 
+/// The device family every test agent declares.
+pub const FAMILY: &str = "test-cpu";
+
 /// The longest any test waits for a condition; generous, because two cores run the whole workspace's tests.
 pub const WAIT: Duration = Duration::from_secs(90);
 
@@ -89,6 +92,8 @@ pub struct Setup {
     /// `(url, token)` of the sample-upload server.
     pub fleet: Option<(String, String)>,
     pub shutdown_deadline_secs: u64,
+    /// More tables (e.g. `[updates]`), as TOML.
+    pub extra: String,
     /// `[[models]]` and `[[cameras]]` tables, as TOML.
     pub cameras: String,
 }
@@ -102,6 +107,7 @@ impl Setup {
             outbox_max_bytes: None,
             fleet: None,
             shutdown_deadline_secs: 10,
+            extra: String::new(),
             cameras,
         }
     }
@@ -145,7 +151,7 @@ impl Agent {
     pub fn start(dir: &Path, device: &Device, setup: &Setup) -> Agent {
         let metrics_port = free_port().expect("free port");
         let mut toml = format!(
-            "state_dir = {dir:?}\nshutdown_deadline_secs = {}\n\n[device]\nid = \"{}\"\nkey = \"{}\"\n\n",
+            "state_dir = {dir:?}\nshutdown_deadline_secs = {}\n\n[device]\nid = \"{}\"\nfamily = \"{FAMILY}\"\nkey = \"{}\"\n\n",
             setup.shutdown_deadline_secs,
             device.id,
             device.key.to_hex()
@@ -164,8 +170,8 @@ impl Agent {
         let _ = write!(
             toml,
             "\n[telemetry]\nwindow_secs = {}\nper_frame = {}\n\n[runtime]\nthreads = 1\n\n\
-             [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n{}",
-            setup.window_secs, setup.per_frame, setup.cameras
+             [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n{}\n{}",
+            setup.window_secs, setup.per_frame, setup.extra, setup.cameras
         );
         let config = dir.join("agent.toml");
         std::fs::create_dir_all(dir).expect("state dir");

@@ -7,6 +7,7 @@ mod flagging;
 mod harness;
 mod outage;
 mod telemetry;
+mod update;
 
 fn init() {
     let _ = rustls::crypto::ring::default_provider().install_default();
