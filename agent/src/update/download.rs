@@ -595,7 +595,9 @@ mod tests {
 
     #[test]
     fn responses_are_planned_from_status_and_headers() {
-        let cases: &[(&str, u16, Option<&str>, Option<u64>, u64, Result<Plan, &str>)] = &[
+        // (what, status, Content-Range, Content-Length, bytes already on disk, plan) for a 100-byte artifact.
+        type Case<'a> = (&'a str, u16, Option<&'a str>, Option<u64>, u64, Result<Plan, &'a str>);
+        let cases: &[Case] = &[
             ("whole file", 200, None, Some(100), 0, Ok(Plan::Restart)),
             ("whole file, no length", 200, None, None, 0, Ok(Plan::Restart)),
             ("range ignored", 200, None, Some(100), 40, Ok(Plan::Restart)),
