@@ -262,6 +262,10 @@ fn a_corrupt_active_record_falls_back_to_the_last_committed_version() {
         store.begin_trial(NAME, 2).expect("the store works again");
     }
 
+    // A deleted record is rebuilt from the committed one too.
+    fs::remove_file(&active).expect("delete");
+    assert_eq!(served(&restart(dir.path())), Some(1));
+
     // Both records unusable: nothing installed serves, and nothing panics.
     fs::write(&active, b"\xff\xfe").expect("corrupt");
     fs::write(dir.path().join(NAME).join("committed.json"), b"[]").expect("corrupt");

@@ -250,6 +250,7 @@ impl SlotStore {
     /// Installs a verified artifact with its manifest as the slot (manifest name, version). An artifact in the
     /// staging folder is moved; one elsewhere is copied (hashed again on the way) and left where it was.
     /// Installing the same manifest again is a no-op; another manifest for an installed version is refused.
+    /// A staged artifact is consumed even when the install fails after moving it (download it again).
     pub fn install(&self, verified: &VerifiedManifest, artifact: VerifiedArtifact) -> Result<Slot, SlotError> {
         let manifest = verified.manifest();
         let (name, version) = (manifest.name.as_str(), manifest.version);
@@ -357,11 +358,16 @@ impl SlotStore {
     fn record_or_recover(&self, name: &str) -> Result<(ActiveRecord, Option<String>), SlotError> {
         let name_dir = self.root.join(name);
         let active = name_dir.join(ACTIVE_FILE);
+        let committed = name_dir.join(COMMITTED_FILE);
         let error = match self.read_record(&active) {
+            // A missing record with a committed one beside it was deleted, not never written.
+            Ok(_) if !active.exists() && committed.exists() => {
+                SlotError::CorruptRecord { path: active.clone(), reason: "missing".into() }
+            }
             Ok(record) => return Ok((record, None)),
             Err(error) => error,
         };
-        let fallback = match self.read_record(&name_dir.join(COMMITTED_FILE)) {
+        let fallback = match self.read_record(&committed) {
             Ok(record) => record,
             Err(e) => {
                 tracing::error!(model = name, error = %e, "no usable committed record either; serving no slot");
@@ -370,8 +376,9 @@ impl SlotStore {
         };
         tracing::error!(model = name, error = %error, active = ?fallback.active,
             "active record unusable; falling back to the last committed record");
-        let aside = fsutil::with_suffix(&active, ".corrupt");
-        let _ = fs::rename(&active, &aside);
+        // Copied, not moved: if writing the rebuilt record fails, the next start finds the same state and recovers
+        // again instead of reading a missing record as an empty one.
+        let _ = fs::copy(&active, fsutil::with_suffix(&active, ".corrupt"));
         self.write_record(name, &fallback)?;
         Ok((fallback, Some(error.to_string())))
     }
