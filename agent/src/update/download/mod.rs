@@ -312,7 +312,7 @@ impl Downloader {
                         backoff.succeed();
                         failures = 0;
                     }
-                    failures += 1;
+                    failures = failures.saturating_add(1);
                     if failures >= self.config.max_attempts.max(1) {
                         return Err(error);
                     }

@@ -258,7 +258,7 @@ impl SlotStore {
         let (name, version) = (manifest.name.as_str(), manifest.version);
         check_name(name)?;
         verified.check_artifact(&artifact.digest()).map_err(|e| SlotError::ArtifactMismatch(e.to_string()))?;
-        let envelope = verified.envelope().to_json_pretty();
+        let envelope = stored_envelope(verified);
         let in_staging = self.is_staged(artifact.path());
 
         let _lock = self.lock()?;
@@ -404,6 +404,17 @@ impl SlotStore {
         }
         Ok(removed)
     }
+}
+
+/// The envelope as stored: pretty JSON for people reading the folder, unless that no longer fits the size cap that
+/// verification applies when the slot is loaded again; compact JSON is never larger than the bytes that verified.
+fn stored_envelope(verified: &VerifiedManifest) -> Vec<u8> {
+    let pretty = verified.envelope().to_json_pretty();
+    if pretty.len() <= MAX_ENVELOPE_BYTES {
+        return pretty;
+    }
+    // Serialising a struct of strings and lists cannot fail.
+    serde_json::to_vec(verified.envelope()).unwrap_or(pretty)
 }
 
 /// The version folders of a name, ascending. Only canonical decimal names count (`7`, not `07`).
