@@ -17,15 +17,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use outpost_common::manifest::{Artifact, Sha256Sum};
-use reqwest::StatusCode;
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use sha2::Digest;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use super::artifact::VerifiedArtifact;
-use super::fsutil;
 use crate::source::Backoff;
+use crate::update::artifact::VerifiedArtifact;
+use crate::update::fsutil;
+
+mod error;
+mod response;
+pub use error::DownloadError;
+use response::{Plan, plan};
 
 /// How a download behaves. Durations are plain values so tests can use short ones; the agent's configuration
 /// builds one of these.
@@ -100,148 +104,8 @@ impl Progress {
     }
 }
 
-/// Why a download failed. Every failure has its own variant; [`DownloadError::kind`] labels it.
-#[derive(Debug, thiserror::Error)]
-pub enum DownloadError {
-    #[error("not enough disk space in {}: {needed} bytes needed (artifact and margin), {free} free", dir.display())]
-    DiskFull { dir: PathBuf, needed: u64, free: u64 },
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("HTTP client: {0}")]
-    Client(String),
-    #[error("request to {url} failed: {reason}")]
-    Transport { url: String, reason: String },
-    #[error("{url} answered HTTP {status}")]
-    Status { url: String, status: u16 },
-    #[error("no bytes from the server for {0:?}")]
-    Stalled(Duration),
-    #[error("the connection ended after {done} of {total} bytes")]
-    Truncated { done: u64, total: u64 },
-    #[error("the server's ranges did not fit the download: {0}")]
-    BadRange(String),
-    #[error("the server sent more than the declared {declared} bytes (at least {received}); cut off")]
-    TooLong { declared: u64, received: u64 },
-    #[error("the server's artifact is {actual} bytes, the manifest declares {declared}")]
-    LengthMismatch { declared: u64, actual: u64 },
-    #[error("artifact sha256 is {actual}, the manifest declares {expected}")]
-    HashMismatch { expected: Sha256Sum, actual: Sha256Sum },
-    #[error("download not finished within {deadline:?} ({done} of {total} bytes)")]
-    Deadline { deadline: Duration, done: u64, total: u64 },
-    #[error("download cancelled")]
-    Cancelled,
-}
-
-impl DownloadError {
-    /// A short, stable label for events and metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            DownloadError::DiskFull { .. } => "disk_full",
-            DownloadError::Io { .. } => "io",
-            DownloadError::Client(_) => "client",
-            DownloadError::Transport { .. } => "transport",
-            DownloadError::Status { .. } => "status",
-            DownloadError::Stalled(_) => "stalled",
-            DownloadError::Truncated { .. } => "truncated",
-            DownloadError::BadRange(_) => "bad_range",
-            DownloadError::TooLong { .. } => "too_long",
-            DownloadError::LengthMismatch { .. } => "length_mismatch",
-            DownloadError::HashMismatch { .. } => "hash_mismatch",
-            DownloadError::Deadline { .. } => "deadline",
-            DownloadError::Cancelled => "cancelled",
-        }
-    }
-
-    /// Whether another attempt may succeed: the network or the server may recover, wrong bytes and full disks do not.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            DownloadError::Transport { .. }
-            | DownloadError::Stalled(_)
-            | DownloadError::Truncated { .. }
-            | DownloadError::BadRange(_) => true,
-            DownloadError::Status { status, .. } => status_is_retryable(*status),
-            _ => false,
-        }
-    }
-}
-
-/// `404` is retried: a fleet or mirror may publish the artifact moments after the command that names it.
-/// Authentication and "gone for good" answers are final.
-fn status_is_retryable(status: u16) -> bool {
-    !matches!(status, 400 | 401 | 403 | 405 | 407 | 410 | 451)
-}
-
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DownloadError + '_ {
     move |source| DownloadError::Io { path: path.to_path_buf(), source }
-}
-
-/// What to do with a response, decided from its status and headers before reading the body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Plan {
-    /// `206` from the offset asked for: append to the part.
-    Append,
-    /// `200`: the whole artifact from byte 0; the part is truncated first.
-    Restart,
-}
-
-/// Parses `bytes START-END/TOTAL` (TOTAL may be `*`).
-fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
-    let rest = value.trim().strip_prefix("bytes ")?;
-    let (range, total) = rest.split_once('/')?;
-    let (start, end) = range.split_once('-')?;
-    let (start, end) = (start.trim().parse().ok()?, end.trim().parse().ok()?);
-    let total = match total.trim() {
-        "*" => None,
-        t => Some(t.parse().ok()?),
-    };
-    (start <= end).then_some((start, end, total))
-}
-
-/// The pure decision for one response. `done` bytes are on disk, `total` are declared. An `Err` that
-/// [`DownloadError::is_retryable`] allows is retried; `BadRange` also discards the part first.
-fn plan(
-    url: &str,
-    status: u16,
-    content_range: Option<&str>,
-    content_length: Option<u64>,
-    done: u64,
-    total: u64,
-) -> Result<Plan, DownloadError> {
-    let too_long = |received: u64| DownloadError::TooLong { declared: total, received };
-    match status {
-        200 => match content_length {
-            Some(len) if len > total => Err(too_long(len)),
-            Some(len) if len < total => Err(DownloadError::LengthMismatch { declared: total, actual: len }),
-            _ => Ok(Plan::Restart),
-        },
-        206 => {
-            let Some((start, end, whole)) = content_range.and_then(parse_content_range) else {
-                return Err(DownloadError::BadRange(format!("206 with Content-Range {content_range:?}")));
-            };
-            match whole {
-                Some(whole) if whole > total => return Err(too_long(whole)),
-                Some(whole) if whole < total => {
-                    return Err(DownloadError::LengthMismatch { declared: total, actual: whole });
-                }
-                _ => {}
-            }
-            if end >= total {
-                return Err(too_long(end.saturating_add(1)));
-            }
-            if start != done {
-                return Err(DownloadError::BadRange(format!("asked for byte {done}, the server sent from {start}")));
-            }
-            match content_length {
-                Some(len) if done.saturating_add(len) > total => Err(too_long(done.saturating_add(len))),
-                _ => Ok(Plan::Append),
-            }
-        }
-        416 => Err(DownloadError::BadRange(format!("range from byte {done} not satisfiable"))),
-        status => Err(DownloadError::Status { url: url.to_string(), status }),
-    }
 }
 
 /// Calls the progress callback when the whole percent changes, and at the start of every attempt.
@@ -448,7 +312,7 @@ impl Downloader {
                         backoff.succeed();
                         failures = 0;
                     }
-                    failures += 1;
+                    failures = failures.saturating_add(1);
                     if failures >= self.config.max_attempts.max(1) {
                         return Err(error);
                     }
@@ -519,8 +383,8 @@ impl Downloader {
         })
         .await?;
         let content_range = response.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let status = response.status();
-        match plan(url, status.as_u16(), content_range.as_deref(), response.content_length(), part.done, total) {
+        let status = response.status().as_u16();
+        match plan(url, status, content_range.as_deref(), response.content_length(), part.done, total) {
             Ok(Plan::Append) => part.resumed |= part.done > 0,
             Ok(Plan::Restart) => {
                 if part.done > 0 {
@@ -530,7 +394,8 @@ impl Downloader {
                 }
             }
             Err(error) => {
-                if matches!(error, DownloadError::BadRange(_)) || status == StatusCode::RANGE_NOT_SATISFIABLE {
+                // A part the server cannot continue (416, another offset) is useless: the next attempt starts at 0.
+                if matches!(error, DownloadError::BadRange(_)) {
                     part.reset().await?;
                     done.store(0, Ordering::Relaxed);
                 }
@@ -588,62 +453,6 @@ fn error_chain(error: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn kind(result: Result<Plan, DownloadError>) -> Result<Plan, &'static str> {
-        result.map_err(|e| e.kind())
-    }
-
-    #[test]
-    fn responses_are_planned_from_status_and_headers() {
-        let cases: &[(&str, u16, Option<&str>, Option<u64>, u64, Result<Plan, &str>)] = &[
-            ("whole file", 200, None, Some(100), 0, Ok(Plan::Restart)),
-            ("whole file, no length", 200, None, None, 0, Ok(Plan::Restart)),
-            ("range ignored", 200, None, Some(100), 40, Ok(Plan::Restart)),
-            ("declares more than the manifest", 200, None, Some(101), 0, Err("too_long")),
-            ("declares less than the manifest", 200, None, Some(99), 0, Err("length_mismatch")),
-            ("resumed where asked", 206, Some("bytes 40-99/100"), Some(60), 40, Ok(Plan::Append)),
-            ("resumed, total unknown", 206, Some("bytes 40-99/*"), None, 40, Ok(Plan::Append)),
-            ("resumed elsewhere", 206, Some("bytes 0-99/100"), Some(100), 40, Err("bad_range")),
-            ("range past the artifact", 206, Some("bytes 40-150/*"), None, 40, Err("too_long")),
-            ("bigger whole", 206, Some("bytes 40-99/200"), Some(60), 40, Err("too_long")),
-            ("smaller whole", 206, Some("bytes 40-79/80"), Some(40), 40, Err("length_mismatch")),
-            ("body longer than its range", 206, Some("bytes 40-99/100"), Some(61), 40, Err("too_long")),
-            ("206 without Content-Range", 206, None, Some(60), 40, Err("bad_range")),
-            ("garbled Content-Range", 206, Some("bytes x-y/z"), Some(60), 40, Err("bad_range")),
-            ("not satisfiable", 416, Some("bytes */100"), None, 40, Err("bad_range")),
-            ("not found", 404, None, None, 0, Err("status")),
-        ];
-        for (what, status, range, length, done, expected) in cases {
-            assert_eq!(&kind(plan("u", *status, *range, *length, *done, 100)), expected, "{what}");
-        }
-    }
-
-    #[test]
-    fn retryable_failures() {
-        let status = |s| DownloadError::Status { url: "u".into(), status: s };
-        for s in [404, 408, 429, 500, 502, 503] {
-            assert!(status(s).is_retryable(), "{s}");
-        }
-        for s in [401, 403, 410] {
-            assert!(!status(s).is_retryable(), "{s}");
-        }
-        assert!(DownloadError::Stalled(Duration::from_secs(1)).is_retryable());
-        assert!(DownloadError::Truncated { done: 1, total: 2 }.is_retryable());
-        assert!(!DownloadError::TooLong { declared: 1, received: 2 }.is_retryable());
-        assert!(
-            !DownloadError::HashMismatch { expected: Sha256Sum([0; 32]), actual: Sha256Sum([1; 32]) }.is_retryable()
-        );
-        assert!(!DownloadError::Cancelled.is_retryable());
-    }
-
-    #[test]
-    fn content_ranges() {
-        assert_eq!(parse_content_range("bytes 0-9/10"), Some((0, 9, Some(10))));
-        assert_eq!(parse_content_range(" bytes 5-9/* "), Some((5, 9, None)));
-        for bad in ["bytes */10", "bytes 9-5/10", "items 0-9/10", "bytes 0-9", "bytes -1-9/10", ""] {
-            assert_eq!(parse_content_range(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn progress_percent_and_reporting() {
