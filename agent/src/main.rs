@@ -34,6 +34,13 @@ enum Command {
     },
     /// Print the commented default configuration.
     PrintConfig,
+    /// The model versions installed on this device.
+    Models {
+        #[arg(long, global = true, default_value = "/etc/outpost/agent.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
     /// Run a model on image files and print one JSON object per image per line.
     Infer(oneshot::InferArgs),
     /// Print what the agent understood of a model (task, input size, layout, labels, normalisation) as JSON.
@@ -43,6 +50,15 @@ enum Command {
         #[command(flatten)]
         runtime: oneshot::RuntimeArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// What is on disk per model name: active, previous, bad and installed versions, as JSON.
+    List,
+    /// Make an installed version the active one (on trial, as after an update); the agent loads it at its next
+    /// start. Lifts a bad mark.
+    Activate { name: String, version: u64 },
 }
 
 fn init_tracing(format: LogFormat, default: &str) {
@@ -65,6 +81,16 @@ fn main() -> ExitCode {
         Command::PrintConfig => {
             print!("{DEFAULT_CONFIG}");
             ExitCode::SUCCESS
+        }
+        Command::Models { config, command } => {
+            init_tracing(cli.log_format, "warn");
+            match models(&config, command) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Infer(args) => {
             init_tracing(cli.log_format, "warn");
@@ -124,4 +150,24 @@ async fn wait_for_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+fn models(path: &std::path::Path, command: ModelsCommand) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let config = AgentConfig::parse(&text, path)?;
+    let root = config.state_dir.join("models");
+    let slots = outpost_agent::update::SlotStore::open(&root, config.updates.max_trial_starts)
+        .with_context(|| format!("opening the model store in {}", root.display()))?;
+    match command {
+        ModelsCommand::List => {
+            println!("{}", serde_json::to_string_pretty(&slots.list()?)?);
+        }
+        ModelsCommand::Activate { name, version } => {
+            let record = slots.activate(&name, version)?;
+            println!("{name} v{version} is active (on trial, previous: {:?}).", record.previous);
+            println!("Restart the agent to load it, e.g. `systemctl restart outpost-agent`.");
+        }
+    }
+    Ok(())
 }
