@@ -14,6 +14,8 @@ use outpost_common::vision::FrameResult;
 use outpost_common::vision::confidence::Confidence;
 use serde::{Deserialize, Serialize};
 
+use crate::rng::Rng;
+
 /// A band of scores, `low <= s < high`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,12 +123,12 @@ pub struct Flagger {
     taken: VecDeque<f64>,
     /// (time, hash) of recent samples.
     recent: VecDeque<(f64, u64)>,
-    rng: u64,
+    rng: Rng,
 }
 
 impl Flagger {
     pub fn new(config: FlaggingConfig, seed: u64) -> Flagger {
-        Flagger { config, taken: VecDeque::new(), recent: VecDeque::new(), rng: seed | 1 }
+        Flagger { config, taken: VecDeque::new(), recent: VecDeque::new(), rng: Rng::new(seed) }
     }
 
     /// Which policy, if any, selects this frame.
@@ -159,7 +161,7 @@ impl Flagger {
             return Some(FlagReason::SelectedClass);
         }
         if c.random > 0.0 {
-            let draw = (next(&mut self.rng) >> 11) as f64 / (1u64 << 53) as f64;
+            let draw = self.rng.next_f64();
             if draw < c.random {
                 return Some(FlagReason::Random);
             }
@@ -203,13 +205,6 @@ impl Flagger {
             Some(max) => self.taken.iter().filter(|t| now - **t < *window).count() < *max as usize,
         })
     }
-}
-
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
 }
 
 /// Difference hash: the frame shrunk to 9×8 grey, one bit per horizontal neighbour comparison. Robust to scaling,

@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod pipeline;
 pub mod queue;
+mod rng;
 pub mod samples;
 pub mod source;
 pub mod store;

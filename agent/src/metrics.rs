@@ -114,6 +114,16 @@ impl Metrics {
         gauge(&mut out, "outpost_outbox_durable_seq", "The seq of the last message made durable.", l.durable_seq);
         counter(&mut out, "outpost_outbox_dropped_total", "Messages dropped because the outbox was full.");
         let _ = writeln!(out, "outpost_outbox_dropped_total {}", l.dropped);
+        counter(&mut out, "outpost_mqtt_connect_failures_total", "Broker connection attempts that failed.");
+        let _ = writeln!(out, "outpost_mqtt_connect_failures_total {}", l.connect_failures);
+        let _ = writeln!(
+            out,
+            "# HELP outpost_mqtt_connect_error Why the last connection attempt failed (unreachable, tls, \
+             not_authorized, refused, closed); absent once connected.\n# TYPE outpost_mqtt_connect_error gauge"
+        );
+        if let Some(failure) = l.connect_error {
+            let _ = writeln!(out, "outpost_mqtt_connect_error{{reason=\"{}\"}} 1", failure.as_str());
+        }
         out
     }
 }

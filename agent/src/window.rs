@@ -11,6 +11,8 @@ use outpost_common::protocol::{ConfidenceHistogram, Latency, ModelRef, WindowSum
 use outpost_common::vision::confidence::Confidence;
 use time::OffsetDateTime;
 
+use crate::rng::Rng;
+
 /// Latency samples kept per window and model; beyond it, reservoir sampling keeps a uniform subset.
 const RESERVOIR: usize = 4096;
 
@@ -45,12 +47,18 @@ pub struct Window {
     per_model: BTreeMap<ModelRef, Accum>,
     /// The model drops are charged to: the one serving when they happened.
     current: Option<ModelRef>,
-    rng: u64,
+    rng: Rng,
 }
 
 impl Window {
     pub fn new(camera: impl Into<String>, start: OffsetDateTime) -> Window {
-        Window { camera: camera.into(), start, per_model: BTreeMap::new(), current: None, rng: 0x9E37_79B9_7F4A_7C15 }
+        Window {
+            camera: camera.into(),
+            start,
+            per_model: BTreeMap::new(),
+            current: None,
+            rng: Rng::new(0x9E37_79B9_7F4A_7C15),
+        }
     }
 
     pub fn camera(&self) -> &str {
@@ -60,7 +68,7 @@ impl Window {
     /// Records one processed frame.
     pub fn record(&mut self, frame: &FrameOutcome<'_>) {
         self.current = Some(frame.model.clone());
-        let rng = next(&mut self.rng);
+        let rng = self.rng.next_u64();
         let acc = self.per_model.entry(frame.model.clone()).or_default();
         acc.frames += 1;
         if let Some(h) = frame.confidence.headline() {
@@ -131,14 +139,6 @@ impl Window {
             })
             .collect()
     }
-}
-
-fn next(state: &mut u64) -> u64 {
-    // xorshift64*: deterministic, no dependency, good enough for reservoir slots.
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
 }
 
 /// Nearest-rank percentiles.

@@ -15,8 +15,10 @@ use outpost_common::protocol::{
 };
 use outpost_common::topics::{self, Channel, DeviceId};
 use outpost_common::vision::confidence::Confidence;
-use outpost_common::vision::spec::{ColorOrder, InputSpec, Layout, Normalization, ResizeMode, Task};
 use time::macros::datetime;
+
+mod support;
+use support::{FAMILY, key, manifest_for};
 
 const SCHEMA: u32 = protocol::SCHEMA;
 
@@ -24,34 +26,11 @@ fn model() -> ModelRef {
     ModelRef { name: "defect".into(), version: 7 }
 }
 
-/// TEST-ONLY signing key from a fixed seed: public in this file, never to be trusted by a real device.
-fn test_key() -> SecretKey {
-    SecretKey::from_seed(&[1; 32])
-}
-
+/// The reference manifest, with a confidence baseline.
 fn test_manifest() -> Manifest {
-    let artifact = b"pretend ONNX bytes";
     Manifest {
-        schema: manifest::MANIFEST_SCHEMA,
-        name: "defect".into(),
-        version: 7,
-        label: Some("2.1.0".into()),
-        artifact: manifest::Artifact { sha256: Sha256Sum::of(artifact), length: artifact.len() as u64 },
-        task: Task::Detect,
-        input: InputSpec {
-            width: 320,
-            height: 320,
-            layout: Layout::Nchw,
-            color: ColorOrder::Rgb,
-            resize: ResizeMode::Letterbox { pad: 114 },
-            normalization: Normalization::UNIT,
-        },
-        labels: vec!["scratch".into(), "dent".into(), "stain".into()],
-        family: Some("x86_64-cpu".into()),
-        created_at: datetime!(2026-11-20 12:00:00 UTC),
-        expires_at: datetime!(2027-02-18 12:00:00 UTC),
-        min_version: Some(5),
         baseline: Some(manifest::ConfidenceBaseline { frames: 500, histogram: histogram(), flagged_rate: Some(0.04) }),
+        ..manifest_for(b"pretend ONNX bytes")
     }
 }
 
@@ -244,7 +223,7 @@ fn commands() -> Vec<(&'static str, Command)> {
         version: 1,
         threshold: 1,
         keys: vec![SecretKey::from_seed(&[2; 32]).public()],
-        revoked: vec![test_key().public().id().clone()],
+        revoked: vec![key(1).public().id().clone()],
     };
     vec![
         (
@@ -252,7 +231,7 @@ fn commands() -> Vec<(&'static str, Command)> {
             command(
                 "c-0001",
                 CommandBody::AssignModel(AssignModel {
-                    manifest: manifest::sign_manifest(&test_manifest(), &[&test_key()]),
+                    manifest: manifest::sign_manifest(&test_manifest(), &[&key(1)]),
                     artifact_url: "https://fleet.example/api/v1/models/defect/7/artifact".into(),
                     rollout: Some("r-12".into()),
                 }),
@@ -272,7 +251,7 @@ fn commands() -> Vec<(&'static str, Command)> {
         ),
         (
             "command_rotate_keys",
-            command("c-0005", CommandBody::RotateKeys { key_set: manifest::sign_key_set(&key_set, &[&test_key()]) }),
+            command("c-0005", CommandBody::RotateKeys { key_set: manifest::sign_key_set(&key_set, &[&key(1)]) }),
         ),
     ]
 }
@@ -341,9 +320,9 @@ fn a_signed_manifest_survives_the_assign_model_command() {
     let bytes = protocol::encode(&command).expect("encodes");
     let decoded: Command = protocol::decode(&bytes).expect("decodes");
     let CommandBody::AssignModel(assign) = decoded.body else { panic!("assign_model expected") };
-    let trusted = TrustedKeys::new([test_key().public()], 1).expect("trusted");
+    let trusted = TrustedKeys::new([key(1).public()], 1).expect("trusted");
     let floors = Floors::default();
-    let policy = Policy { now: datetime!(2026-11-21 12:00:00 UTC), family: Some("x86_64-cpu"), floors: &floors };
+    let policy = Policy { now: datetime!(2026-11-21 12:00:00 UTC), family: Some(FAMILY), floors: &floors };
     let verified = manifest::verify_envelope(&assign.manifest, &trusted, &policy).expect("verifies after transit");
     assert_eq!(verified.manifest(), &test_manifest());
     verified.check_artifact_bytes(b"pretend ONNX bytes").expect("artifact");

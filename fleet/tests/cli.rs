@@ -33,6 +33,11 @@ fn check(args: &[&str], expected: Result<&str, &str>) -> String {
     stdout
 }
 
+/// [`check`] for a command's fixed arguments followed by the ones a case varies.
+fn check_with(command: &[&str], extra: &[&str], expected: Result<&str, &str>) -> String {
+    check(&[command, extra].concat(), expected)
+}
+
 struct Dir(tempfile::TempDir);
 
 impl Dir {
@@ -117,10 +122,8 @@ fn model_sign_then_verify_with_the_zoo_model() {
     assert!(signed.contains("labels: scratch, dent, stain"), "{signed}");
 
     let trusted = dir.public("release");
-    let verify = |extra: &[&str], expected: Result<&str, &str>| {
-        let mut args = vec!["model", "verify", "--trusted", &trusted, "--manifest", &manifest];
-        args.extend_from_slice(extra);
-        check(&args, expected)
+    let verify = |extra: &[&str], expected| {
+        check_with(&["model", "verify", "--trusted", &trusted, "--manifest", &manifest], extra, expected)
     };
     let out =
         verify(&["--model", &model, "--family", "x86_64-cpu", "--floor", "3", "--inspect"], Ok("verified: defect v3"));
@@ -194,7 +197,7 @@ fn sign_without_onnx_runtime_from_an_explicit_spec() {
     let manifest = dir.path("m.manifest.json");
     let key = dir.key("release");
     let sign = |extra: &[&str], expected| {
-        let mut args = vec![
+        let command = [
             "model",
             "sign",
             "--key",
@@ -211,8 +214,7 @@ fn sign_without_onnx_runtime_from_an_explicit_spec() {
             "--out",
             &manifest,
         ];
-        args.extend_from_slice(extra);
-        check(&args, expected)
+        check_with(&command, extra, expected)
     };
     sign(&[], Err("--no-inspect needs"));
     sign(&["--labels", "ok,ng"], Ok("labels: ok, ng"));
@@ -268,15 +270,24 @@ fn key_rotation() {
     }
     let rotation = dir.path("keyset-1.json");
     let rotate = |signers: &[&str], out: &str, expected| {
-        let mut args = vec!["keys", "rotate"];
         let keys: Vec<String> = signers.iter().map(|s| dir.key(s)).collect();
-        for key in &keys {
-            args.extend(["--sign-with", key.as_str()]);
-        }
-        let new = dir.public("new");
-        let old2 = dir.public("old2");
-        args.extend(["--new-key", &new, "--new-threshold", "1", "--revoke", &old2, "--version", "1", "--out", out]);
-        check(&args, expected);
+        let sign_with: Vec<&str> = keys.iter().flat_map(|key| ["--sign-with", key.as_str()]).collect();
+        let (new, old2) = (dir.public("new"), dir.public("old2"));
+        let command = [
+            "keys",
+            "rotate",
+            "--new-key",
+            &new,
+            "--new-threshold",
+            "1",
+            "--revoke",
+            &old2,
+            "--version",
+            "1",
+            "--out",
+            out,
+        ];
+        check_with(&command, &sign_with, expected);
     };
     rotate(&["old1", "old2"], &rotation, Ok("key set version 1: 1 of 1 key(s) must sign"));
     let short = dir.path("keyset-short.json");
@@ -284,12 +295,7 @@ fn key_rotation() {
 
     let (old1, old2) = (dir.public("old1"), dir.public("old2"));
     let current = ["--trusted", old1.as_str(), "--trusted", old2.as_str(), "--threshold", "2"];
-    let keys_verify = |keyset: &str, expected| {
-        let mut args = vec!["keys", "verify"];
-        args.extend(current);
-        args.extend(["--keyset", keyset]);
-        check(&args, expected)
-    };
+    let keys_verify = |keyset: &str, expected| check_with(&["keys", "verify", "--keyset", keyset], &current, expected);
     let out = keys_verify(&rotation, Ok("verified: key set version 1"));
     assert!(out.contains("revoked:"), "{out}");
     keys_verify(&short, Err("[rotation_not_authorized]"));
@@ -328,10 +334,8 @@ fn key_rotation() {
     }
     let model_verify = |name: &str, expected| {
         let manifest = dir.path(name);
-        let mut args = vec!["model", "verify"];
-        args.extend(current);
-        args.extend(["--keyset", rotation.as_str(), "--manifest", manifest.as_str(), "--model", artifact.as_str()]);
-        check(&args, expected);
+        let command = ["model", "verify", "--keyset", &rotation, "--manifest", &manifest, "--model", &artifact];
+        check_with(&command, &current, expected);
     };
     model_verify("new.manifest.json", Ok("verified: m v1"));
     model_verify("old.manifest.json", Err("[revoked_key]"));

@@ -90,10 +90,17 @@ impl EmbeddedBroker {
     }
 }
 
+/// Mosquitto's log file and its stdout/stderr, in its directory.
+const LOG: &str = "mosquitto.log";
+const OUT: &str = "mosquitto.out";
+
 /// A Mosquitto process on a free loopback port with a generated config; killed on drop.
 #[derive(Debug)]
 pub struct Mosquitto {
     port: u16,
+    /// The plain, anonymous listener for test subscribers when the main one is guarded (TLS or passwords).
+    open_port: Option<u16>,
+    tls: bool,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -103,66 +110,155 @@ pub struct Mosquitto {
 pub struct MosquittoOptions {
     /// Keep sessions and queued messages across a graceful stop ([`Mosquitto::stop`]) and start.
     pub persistence: bool,
-    /// `(username, password)` pairs; none means anonymous access.
+    /// `(username, password)` pairs for the main listener; none means anonymous access.
     pub users: Vec<(String, String)>,
+    /// Serve the main listener over TLS (`mqtts://`).
+    pub tls: Option<MosquittoTls>,
+}
+
+/// The main listener's TLS: PEM files (copied into the broker's directory, so any path works) and whether a client
+/// certificate signed by `cafile` is required.
+#[derive(Debug, Clone)]
+pub struct MosquittoTls {
+    pub cafile: PathBuf,
+    pub certfile: PathBuf,
+    pub keyfile: PathBuf,
+    pub require_certificate: bool,
 }
 
 /// The Mosquitto binary: on PATH, or where Debian puts it.
 pub fn mosquitto_binary() -> Option<PathBuf> {
+    find_binary("mosquitto", "/usr/sbin")
+}
+
+/// `name` on PATH, or in `fallback` (Debian puts `mosquitto` in /usr/sbin, often not on a user's PATH).
+fn find_binary(name: &str, fallback: &str) -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("mosquitto")).collect::<Vec<_>>())
+        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect::<Vec<_>>())
         .unwrap_or_default();
-    on_path.into_iter().chain([PathBuf::from("/usr/sbin/mosquitto")]).find(|p| p.is_file())
+    on_path.into_iter().chain([Path::new(fallback).join(name)]).find(|p| p.is_file())
 }
 
 impl Mosquitto {
+    /// Starts Mosquitto. A guarded main listener (TLS or passwords) comes with a second, plain and anonymous
+    /// loopback listener ([`Mosquitto::open_port`]) where tests watch what arrives, like the fleet's own client would.
     pub fn start(options: MosquittoOptions) -> io::Result<Mosquitto> {
-        let port = free_port()?;
         let dir = tempfile::tempdir()?;
-        // Mosquitto started as root drops to the `mosquitto` user, which must be able to write its database here.
+        // Mosquitto started as root drops to the `mosquitto` user, which must be able to write its database and log
+        // here and read the certificates and the password file.
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
-        let mut config = format!("listener {port} 127.0.0.1\nlog_dest stdout\nmax_queued_messages 100000\n");
+        let guarded = options.tls.is_some() || !options.users.is_empty();
+        // Written to a file by Mosquitto itself, which flushes every line (its stdout is block-buffered).
+        let mut common = format!("log_dest file {}\nmax_queued_messages 100000\n", dir.path().join(LOG).display());
         if options.persistence {
-            config.push_str(&format!("persistence true\npersistence_location {}/\n", dir.path().display()));
+            common.push_str(&format!("persistence true\npersistence_location {}/\n", dir.path().display()));
         } else {
-            config.push_str("persistence false\n");
+            common.push_str("persistence false\n");
+        }
+        if guarded {
+            // Authentication settings below apply to the listener above them.
+            common.push_str("per_listener_settings true\n");
+        }
+        let mut main = String::new();
+        if let Some(tls) = &options.tls {
+            let copy = |from: &Path, name: &str| -> io::Result<PathBuf> {
+                let to = dir.path().join(name);
+                std::fs::copy(from, &to)?;
+                Ok(to)
+            };
+            main.push_str(&format!(
+                "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
+                copy(&tls.cafile, "ca.pem")?.display(),
+                copy(&tls.certfile, "server.pem")?.display(),
+                copy(&tls.keyfile, "server.key")?.display(),
+                tls.require_certificate,
+            ));
         }
         if options.users.is_empty() {
-            config.push_str("allow_anonymous true\n");
+            main.push_str("allow_anonymous true\n");
         } else {
             let passwords = dir.path().join("passwords");
             write_password_file(&passwords, &options.users)?;
-            config.push_str(&format!("allow_anonymous false\npassword_file {}\n", passwords.display()));
+            main.push_str(&format!("allow_anonymous false\npassword_file {}\n", passwords.display()));
         }
-        std::fs::write(dir.path().join("mosquitto.conf"), config)?;
-        let mut mosquitto = Mosquitto { port, dir, child: None };
-        mosquitto.restart()?;
-        Ok(mosquitto)
+        let mut mosquitto = Mosquitto { port: 0, open_port: None, tls: options.tls.is_some(), dir, child: None };
+        // Another process (another test, another checkout's tests) can take a free port between `free_port` and
+        // Mosquitto binding it; Mosquitto then exits, and fresh ports are tried.
+        let mut attempts = 0;
+        loop {
+            mosquitto.port = free_port()?;
+            mosquitto.open_port = None;
+            let mut config = format!("{common}listener {} 127.0.0.1\n{main}", mosquitto.port);
+            if guarded {
+                let open_port = std::iter::repeat_with(free_port)
+                    .take(10)
+                    .find(|p| p.as_ref().map_or(true, |p| *p != mosquitto.port))
+                    .unwrap_or_else(|| Err(io::Error::other("no second free port")))?;
+                config.push_str(&format!("listener {open_port} 127.0.0.1\nallow_anonymous true\n"));
+                mosquitto.open_port = Some(open_port);
+            }
+            std::fs::write(mosquitto.dir.path().join("mosquitto.conf"), config)?;
+            attempts += 1;
+            match mosquitto.restart() {
+                Ok(()) => return Ok(mosquitto),
+                Err(e) if attempts >= 5 => return Err(e),
+                Err(_) => mosquitto.kill(),
+            }
+        }
     }
 
+    /// The main listener's port.
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
+    /// A plain, anonymous listener: the second one of a guarded broker, else the main one.
+    pub fn open_port(&self) -> u16 {
+        self.open_port.unwrap_or(self.port)
     }
 
-    /// Starts the process again (same port, same config) and waits until it listens.
+    /// The main listener's URL: `mqtts://` when it serves TLS.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the process again (same ports, same config) and waits until it runs: its log says so after every
+    /// listener is bound; a bind failure makes it exit instead.
     pub fn restart(&mut self) -> io::Result<()> {
         let binary = mosquitto_binary().ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, "mosquitto is not installed (apt-get install mosquitto)")
         })?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("mosquitto.log"))?;
+        let running = |log: &str| log.matches(" running\n").count();
+        let before = running(&self.log());
+        // Anything printed before the log file is open (a config error) goes here.
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join(OUT))?;
         let child = Command::new(binary)
             .arg("-c")
             .arg(self.dir.path().join("mosquitto.conf"))
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
+            .stdout(out.try_clone()?)
+            .stderr(out)
             .spawn()?;
         self.child = Some(child);
-        wait_for_port(self.port, Duration::from_secs(10))
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let exited = match self.child.as_mut() {
+                Some(child) => child.try_wait()?,
+                None => None,
+            };
+            if let Some(status) = exited {
+                self.child = None;
+                return Err(io::Error::other(format!("mosquitto exited ({status}):\n{}", self.log())));
+            }
+            if running(&self.log()) > before {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("mosquitto not running:\n{}", self.log())));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// SIGKILL: the broker vanishes at once, sessions and queues with it.
@@ -182,9 +278,10 @@ impl Mosquitto {
         Ok(())
     }
 
-    /// Mosquitto's own log, for failure messages.
+    /// Mosquitto's own log (and anything it printed), for failure messages.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+        let read = |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        read(OUT) + &read(LOG)
     }
 }
 
@@ -195,9 +292,13 @@ impl Drop for Mosquitto {
 }
 
 fn write_password_file(path: &Path, users: &[(String, String)]) -> io::Result<()> {
+    // Mosquitto's own tool writes its hash format (`$7$`, PBKDF2-SHA512); it ships in the same Debian package.
+    let tool = find_binary("mosquitto_passwd", "/usr/bin").ok_or_else(|| {
+        io::Error::new(io::ErrorKind::NotFound, "mosquitto_passwd is not installed (apt-get install mosquitto)")
+    })?;
     std::fs::write(path, "")?;
     for (user, password) in users {
-        let status = Command::new("mosquitto_passwd").arg("-b").arg(path).arg(user).arg(password).status()?;
+        let status = Command::new(&tool).arg("-b").arg(path).arg(user).arg(password).status()?;
         if !status.success() {
             return Err(io::Error::other(format!("mosquitto_passwd failed for {user}")));
         }

@@ -14,15 +14,15 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::mqtt::{self, Client, Wire};
-use super::{LinkConfig, Shared, backoff};
+use super::mqtt::{self, Client, Down, Wire};
+use super::{ConnectFailure, LinkConfig, Shared, backoff};
 
 /// What the poller tells the driver, tagged with the connection attempt it belongs to.
 #[derive(Debug)]
 enum Polled {
     Client(u64, Client),
     Wire(u64, Wire),
-    Down(u64, String),
+    Down(u64, Down),
 }
 
 /// What a packet id in flight stands for.
@@ -57,7 +57,7 @@ pub(super) fn spawn(
         cursor: 0,
         published_status: None,
         logged_kinds: HashSet::new(),
-        down_logged: false,
+        logged_failure: None,
         draining: false,
         offline_sent: false,
         offline_acked: false,
@@ -170,7 +170,8 @@ struct Driver {
     cursor: u64,
     published_status: Option<Status>,
     logged_kinds: HashSet<&'static str>,
-    down_logged: bool,
+    /// The connect failure last logged at WARN: each new kind is logged once, repeats at debug.
+    logged_failure: Option<ConnectFailure>,
     draining: bool,
     offline_sent: bool,
     offline_acked: bool,
@@ -218,20 +219,33 @@ impl Driver {
                 self.reset();
             }
             Polled::Wire(generation, wire) if generation == self.generation => self.on_wire(wire),
-            Polled::Down(generation, error) if generation == self.generation => {
+            Polled::Down(generation, down) if generation == self.generation => {
                 if self.connected {
-                    tracing::warn!(error, "lost the broker connection; replaying unacknowledged messages later");
-                } else if !self.down_logged {
-                    tracing::warn!(error, "cannot reach the broker; retrying with backoff");
+                    tracing::warn!(
+                        error = %down.detail,
+                        "lost the broker connection; replaying unacknowledged messages later"
+                    );
                 } else {
-                    tracing::debug!(error, "cannot reach the broker");
+                    self.on_connect_failure(down);
                 }
-                self.down_logged = true;
                 self.client = None;
                 self.reset();
             }
             Polled::Wire(..) | Polled::Down(..) => {}
         }
+    }
+
+    fn on_connect_failure(&mut self, down: Down) {
+        let Down { failure, detail } = down;
+        self.shared.connect_failures.fetch_add(1, Ordering::Relaxed);
+        *self.shared.connect_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure);
+        let reason = failure.as_str();
+        if self.logged_failure != Some(failure) {
+            tracing::warn!(reason, error = %detail, "{}; retrying with backoff", failure.hint());
+        } else {
+            tracing::debug!(reason, error = %detail, "cannot connect to the broker");
+        }
+        self.logged_failure = Some(failure);
     }
 
     fn reset(&mut self) {
@@ -247,7 +261,8 @@ impl Driver {
         match wire {
             Wire::Connected { session_present } => {
                 self.connected = true;
-                self.down_logged = false;
+                self.logged_failure = None;
+                *self.shared.connect_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 self.shared.connected.store(true, Ordering::Release);
                 self.shared.connects.fetch_add(1, Ordering::Relaxed);
                 let pending = self.shared.outbox.stats().messages;

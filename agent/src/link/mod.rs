@@ -60,12 +60,60 @@ pub struct LinkStats {
     pub acked: u64,
     /// Successful connections since start.
     pub connects: u64,
+    /// Connection attempts that failed before the broker accepted them, since start.
+    pub connect_failures: u64,
+    /// Why the latest attempt failed, while not connected; `None` once connected.
+    pub connect_error: Option<ConnectFailure>,
     /// Valid commands handed to the app, and commands dropped as malformed, forged or unreadable.
     pub commands: u64,
     pub rejected_commands: u64,
     /// The last seq given to a message, and the last one made durable (only durable messages are sent).
     pub last_seq: u64,
     pub durable_seq: u64,
+}
+
+/// Why a connection attempt failed, as an operator would look for the cause. The log has the details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// No connection to the broker's address: nothing listening, no route, no name, or no answer in time.
+    Unreachable,
+    /// The TLS handshake failed: the broker's certificate is not trusted (not signed by `tls.ca_file`, wrong name,
+    /// expired) or the broker refused the agent's client certificate (or the lack of one).
+    Tls,
+    /// The broker refused the credentials (CONNACK "not authorized" or "bad user name or password").
+    NotAuthorized,
+    /// The broker refused the connection for another reason (its CONNACK code is in the log).
+    Refused,
+    /// The connection closed or broke before the broker accepted it.
+    Closed,
+}
+
+impl ConnectFailure {
+    /// A stable name, for metrics labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectFailure::Unreachable => "unreachable",
+            ConnectFailure::Tls => "tls",
+            ConnectFailure::NotAuthorized => "not_authorized",
+            ConnectFailure::Refused => "refused",
+            ConnectFailure::Closed => "closed",
+        }
+    }
+
+    /// What to check, in the words of the agent's config.
+    fn hint(self) -> &'static str {
+        match self {
+            ConnectFailure::Unreachable => "cannot reach the broker (check link.broker and the network)",
+            ConnectFailure::Tls => {
+                "TLS handshake with the broker failed (check link.tls.ca_file, client_cert and client_key)"
+            }
+            ConnectFailure::NotAuthorized => {
+                "the broker refused the credentials (check link.username and link.password)"
+            }
+            ConnectFailure::Refused => "the broker refused the connection",
+            ConnectFailure::Closed => "the broker closed the connection before accepting it",
+        }
+    }
 }
 
 /// State shared by the handle and the tasks.
@@ -84,6 +132,8 @@ struct Shared {
     published: AtomicU64,
     acked: AtomicU64,
     connects: AtomicU64,
+    connect_failures: AtomicU64,
+    connect_error: Mutex<Option<ConnectFailure>>,
     commands: AtomicU64,
     rejected_commands: AtomicU64,
     commands_rx: Mutex<Option<mpsc::Receiver<Command>>>,
@@ -153,6 +203,8 @@ impl LinkHandle {
             published: s.published.load(Ordering::Relaxed),
             acked: s.acked.load(Ordering::Relaxed),
             connects: s.connects.load(Ordering::Relaxed),
+            connect_failures: s.connect_failures.load(Ordering::Relaxed),
+            connect_error: *s.connect_error.lock().unwrap_or_else(|p| p.into_inner()),
             commands: s.commands.load(Ordering::Relaxed),
             rejected_commands: s.rejected_commands.load(Ordering::Relaxed),
             last_seq: outbox.last_seq,
@@ -194,6 +246,8 @@ impl Link {
             published: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             connects: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            connect_error: Mutex::new(None),
             commands: AtomicU64::new(0),
             rejected_commands: AtomicU64::new(0),
             commands_rx: Mutex::new(Some(commands_rx)),

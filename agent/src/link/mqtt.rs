@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use rumqttc::v5;
 
+use super::ConnectFailure;
+
 /// The largest packet either way: a sealed command carrying a manifest is up to ~350 KB.
 const MAX_PACKET_BYTES: usize = 512 * 1024;
 
@@ -163,14 +165,76 @@ impl Client {
     }
 }
 
+/// Why a connection attempt failed or a connection ended: the kind and rumqttc's words for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Down {
+    pub failure: ConnectFailure,
+    pub detail: String,
+}
+
 impl EventLoop {
     /// The next event; an error ends this connection (build a new one to reconnect).
-    pub async fn poll(&mut self) -> Result<Wire, String> {
+    pub async fn poll(&mut self) -> Result<Wire, Down> {
         match self {
-            EventLoop::V4(el) => el.poll().await.map(v4_event).map_err(|e| e.to_string()),
-            EventLoop::V5(el) => el.poll().await.map(v5_event).map_err(|e| e.to_string()),
+            EventLoop::V4(el) => el.poll().await.map(v4_event).map_err(|e| down(v4_failure(&e), &e)),
+            EventLoop::V5(el) => el.poll().await.map(v5_event).map_err(|e| down(v5_failure(&e), &e)),
         }
     }
+}
+
+fn down(failure: ConnectFailure, error: &(dyn std::error::Error + 'static)) -> Down {
+    // rumqttc wraps a TLS failure seen after the handshake (a fatal alert such as "certificate required") in I/O
+    // and state errors whose text is a Debug dump; name the TLS error itself instead.
+    let detail = match tls_error(error) {
+        Some(tls) => format!("TLS: {tls}"),
+        None => error.to_string(),
+    };
+    Down { failure, detail }
+}
+
+fn v4_failure(error: &rumqttc::ConnectionError) -> ConnectFailure {
+    use rumqttc::{ConnectReturnCode as Code, ConnectionError as E};
+    match error {
+        E::ConnectionRefused(Code::BadUserNamePassword | Code::NotAuthorized) => ConnectFailure::NotAuthorized,
+        E::ConnectionRefused(_) => ConnectFailure::Refused,
+        E::Tls(_) => ConnectFailure::Tls,
+        e if tls_error(e).is_some() => ConnectFailure::Tls,
+        E::Io(_) | E::NetworkTimeout => ConnectFailure::Unreachable,
+        _ => ConnectFailure::Closed,
+    }
+}
+
+fn v5_failure(error: &v5::ConnectionError) -> ConnectFailure {
+    use v5::ConnectionError as E;
+    use v5::mqttbytes::v5::ConnectReturnCode as Code;
+    match error {
+        E::ConnectionRefused(
+            Code::BadUserNamePassword | Code::NotAuthorized | Code::Banned | Code::BadAuthenticationMethod,
+        ) => ConnectFailure::NotAuthorized,
+        E::ConnectionRefused(_) => ConnectFailure::Refused,
+        E::Tls(_) => ConnectFailure::Tls,
+        e if tls_error(e).is_some() => ConnectFailure::Tls,
+        E::Io(_) | E::Timeout(_) => ConnectFailure::Unreachable,
+        _ => ConnectFailure::Closed,
+    }
+}
+
+/// The rustls error somewhere in `error`'s chain, looking inside I/O errors too (their `source` skips the error
+/// they wrap).
+fn tls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
+            if let Some(tls) = tls_error(inner) {
+                return Some(tls);
+            }
+        }
+        next = e.source();
+    }
+    None
 }
 
 fn v4_event(event: rumqttc::Event) -> Wire {
@@ -200,5 +264,45 @@ fn v5_event(event: v5::Event) -> Wire {
         v5::Event::Outgoing(Outgoing::Publish(pkid)) => Wire::PublishSent(pkid),
         v5::Event::Outgoing(Outgoing::Disconnect) => Wire::DisconnectSent,
         _ => Wire::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use rumqttc::{ConnectReturnCode, ConnectionError, StateError};
+    use v5::mqttbytes::v5::ConnectReturnCode as V5Code;
+
+    use super::*;
+
+    fn check(error: ConnectionError, failure: ConnectFailure, detail: &str) {
+        let down = down(v4_failure(&error), &error);
+        assert_eq!(down.failure, failure, "{error:?}");
+        assert!(down.detail.contains(detail), "{error:?}: `{}` lacks `{detail}`", down.detail);
+    }
+
+    #[test]
+    fn connection_errors_are_classified_by_what_to_check() {
+        use ConnectFailure::*;
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
+        // A fatal alert read after the handshake: rumqttc wraps it in a state error around an I/O error.
+        let after_handshake = StateError::Io(io::Error::new(io::ErrorKind::InvalidData, alert.clone()));
+        check(ConnectionError::MqttState(after_handshake), Tls, "TLS: received fatal alert: CertificateRequired");
+        let during_handshake = rumqttc::TlsError::Io(io::Error::new(io::ErrorKind::InvalidData, alert));
+        check(ConnectionError::Tls(during_handshake), Tls, "CertificateRequired");
+        check(ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized), NotAuthorized, "NotAuthorized");
+        check(ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword), NotAuthorized, "BadUser");
+        check(ConnectionError::ConnectionRefused(ConnectReturnCode::BadClientId), Refused, "BadClientId");
+        check(ConnectionError::Io(io::ErrorKind::ConnectionRefused.into()), Unreachable, "refused");
+        check(ConnectionError::NetworkTimeout, Unreachable, "timeout");
+        check(ConnectionError::MqttState(StateError::ConnectionAborted), Closed, "closed by peer");
+
+        let v5_refused = |code| v5_failure(&v5::ConnectionError::ConnectionRefused(code));
+        assert_eq!(v5_refused(V5Code::BadUserNamePassword), NotAuthorized);
+        assert_eq!(v5_refused(V5Code::Banned), NotAuthorized);
+        assert_eq!(v5_refused(V5Code::ServerBusy), Refused);
+        let v5_io = v5::ConnectionError::Io(io::Error::new(io::ErrorKind::InvalidData, rustls::Error::DecryptError));
+        assert_eq!(v5_failure(&v5_io), Tls);
     }
 }

@@ -3,32 +3,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use outpost_agent::source::{FrameSource, HttpConfig, HttpMode, SourceConfig, SourceContext};
+use outpost_agent::source::{FrameSource, HttpMode};
 
-use super::server::{Reply, Server};
+use super::server::{Reply, Server, http_source};
 use crate::{fixtures, next_frame, next_within};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
 fn snapshot(url: String, interval_ms: u64, max_frame_bytes: usize) -> Box<dyn FrameSource> {
-    let config = SourceConfig::Http(HttpConfig {
-        url,
-        mode: HttpMode::Snapshot,
-        interval_ms,
-        timeout_ms: 2000,
-        retry_max_ms: 100,
-        username: None,
-        password: None,
-        max_frame_bytes,
-    });
-    config.build(&SourceContext { camera: "cam".into(), state_dir: "/nonexistent".into() }).expect("builds")
+    http_source(url, HttpMode::Snapshot, interval_ms, max_frame_bytes)
 }
 
 #[tokio::test]
 async fn snapshots_arrive_at_the_interval_byte_identical() {
     let image = fixtures(1).remove(0).1;
-    let served = image.clone();
-    let server = Server::start(move |_, _| Reply::ok("image/jpeg", served.clone())).await;
+    let server = Server::always(Reply::ok("image/jpeg", image.clone())).await;
     let mut src = snapshot(server.url("/snap.jpg"), 100, 1 << 20);
     assert!(src.is_live());
     let started = tokio::time::Instant::now();

@@ -2,25 +2,15 @@
 
 use std::time::Duration;
 
-use outpost_agent::source::{FrameSource, HttpConfig, HttpMode, SourceConfig, SourceContext};
+use outpost_agent::source::{FrameSource, HttpMode};
 
-use super::server::{Reply, Server};
+use super::server::{Reply, Server, http_source};
 use crate::{fixtures, next_frame, next_within};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
 fn mjpeg(url: String, max_frame_bytes: usize) -> Box<dyn FrameSource> {
-    let config = SourceConfig::Http(HttpConfig {
-        url,
-        mode: HttpMode::Mjpeg,
-        interval_ms: 1000,
-        timeout_ms: 2000,
-        retry_max_ms: 100,
-        username: None,
-        password: None,
-        max_frame_bytes,
-    });
-    config.build(&SourceContext { camera: "cam".into(), state_dir: "/nonexistent".into() }).expect("builds")
+    http_source(url, HttpMode::Mjpeg, 1000, max_frame_bytes)
 }
 
 /// One multipart part as a camera writes it.
@@ -46,8 +36,7 @@ async fn a_stream_of_n_parts_yields_n_identical_frames() {
         let mut parts: Vec<Vec<u8>> = images.iter().map(|b| part(wire_boundary, b, counted)).collect();
         // Without Content-Length a part ends only when the next boundary arrives: close the stream properly.
         parts.push(format!("--{wire_boundary}--\r\n").into_bytes());
-        let server =
-            Server::start(move |_, _| Reply::stream(content_type, parts.clone(), Duration::from_millis(10))).await;
+        let server = Server::always(Reply::stream(content_type, parts, Duration::from_millis(10))).await;
         let mut src = mjpeg(server.url("/video"), 1 << 20);
         assert!(src.is_live());
         for (seq, image) in images.iter().enumerate() {
@@ -99,10 +88,7 @@ async fn oversized_parts_are_skipped_and_the_stream_goes_on() {
         part("f", &big, true),
         part("f", b"end", true),
     ];
-    let server = Server::start(move |_, _| {
-        Reply::stream("multipart/x-mixed-replace; boundary=f", parts.clone(), Duration::ZERO)
-    })
-    .await;
+    let server = Server::always(Reply::stream("multipart/x-mixed-replace; boundary=f", parts, Duration::ZERO)).await;
     let mut src = mjpeg(server.url("/video"), 10_000);
     let mut got = Vec::new();
     for _ in 0..5 {
@@ -118,7 +104,7 @@ async fn oversized_parts_are_skipped_and_the_stream_goes_on() {
 
 #[tokio::test]
 async fn a_snapshot_url_in_mjpeg_mode_is_a_clear_error() {
-    let server = Server::start(|_, _| Reply::ok("image/jpeg", b"jpeg".to_vec())).await;
+    let server = Server::always(Reply::ok("image/jpeg", b"jpeg".to_vec())).await;
     let mut src = mjpeg(server.url("/snap.jpg"), 1 << 20);
     let err = next_within(src.as_mut(), LIMIT).await.expect_err("not multipart");
     assert!(err.to_string().contains("not multipart") && err.to_string().contains("snapshot"), "{err}");

@@ -7,9 +7,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use outpost_agent::source::{FrameSource, HttpConfig, HttpMode, SourceConfig, SourceContext};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
+
+/// An HTTP source (snapshot polling or an MJPEG stream) on `url`, as a camera config would build it, with short
+/// timeouts and retries for tests.
+pub fn http_source(url: String, mode: HttpMode, interval_ms: u64, max_frame_bytes: usize) -> Box<dyn FrameSource> {
+    let config = SourceConfig::Http(HttpConfig {
+        url,
+        mode,
+        interval_ms,
+        timeout_ms: 2000,
+        retry_max_ms: 100,
+        username: None,
+        password: None,
+        max_frame_bytes,
+    });
+    config.build(&SourceContext { camera: "cam".into(), state_dir: "/nonexistent".into() }).expect("builds")
+}
 
 /// What to answer.
 #[derive(Debug, Clone)]
@@ -61,6 +78,11 @@ pub struct Server {
 impl Server {
     pub async fn start(handler: impl Fn(&str, u64) -> Reply + Send + Sync + 'static) -> Self {
         Self::start_on("127.0.0.1:0".parse().expect("addr"), Arc::new(handler)).await
+    }
+
+    /// A server that answers every request with `reply`.
+    pub async fn always(reply: Reply) -> Self {
+        Self::start(move |_, _| reply.clone()).await
     }
 
     pub async fn start_on(addr: SocketAddr, handler: Handler) -> Self {

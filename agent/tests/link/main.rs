@@ -1,5 +1,8 @@
-//! The link against real brokers: the embedded rumqttd and a Mosquitto process that is stopped and restarted.
-//! Every test starts what it needs, waits on conditions (never fixed sleeps) and is bounded in time.
+//! The link against real brokers: the embedded rumqttd and a Mosquitto process that is stopped and restarted;
+//! `tls.rs`: Mosquitto guarded by TLS, mutual TLS and passwords. Every test starts what it needs, waits on
+//! conditions (never fixed sleeps) and is bounded in time.
+
+mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -10,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outpost_agent::link::{Link, LinkConfig, LinkHandle, LinkStats, MqttVersion};
-use outpost_agent::store::{SledStore, Store};
+use outpost_agent::store::{SledStore, Store, StoreError};
 use outpost_common::protocol::auth::{self, DeviceKey, derive_device_key};
 use outpost_common::protocol::{
     self, AgentState, Command, CommandBody, ConfidenceHistogram, Latency, ModelRef, SetConfig, Status, Telemetry,
@@ -83,11 +86,27 @@ struct Running {
 }
 
 fn start(config: &LinkConfig, device: &DeviceId) -> Running {
-    let store: Arc<dyn Store> = SledStore::open(&config.outbox.path).expect("store opens");
+    let store = open_store(&config.outbox.path);
     let shutdown = CancellationToken::new();
     let (handle, task) =
         Link::start(config, store, device.clone(), key(device), status(), shutdown.clone()).expect("link starts");
     Running { handle, task, shutdown }
+}
+
+/// Opens the store, waiting out sled's file lock: dropping a sled database does not release the lock at once (its
+/// flusher thread holds it a moment longer, spacejam/sled#1289), and these tests reopen a store within one process.
+/// An agent opens its store once per process, so only tests meet this.
+fn open_store(path: &Path) -> Arc<dyn Store> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match SledStore::open(path) {
+            Ok(store) => return store,
+            Err(StoreError::Open { detail, .. }) if detail.contains("WouldBlock") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("the store does not open: {e}"),
+        }
+    }
 }
 
 impl Running {
