@@ -365,3 +365,34 @@ async fn kill9_at_any_step_of_an_update_leaves_a_complete_verified_model() {
     assert!(status.success(), "{status}:\n{}", r.agent.log());
     eprintln!("versions served after each kill: {served:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_missed_the_command_converges_through_the_fleet_check() {
+    crate::init();
+    let broker = EmbeddedBroker::start().expect("rumqttd starts");
+    let server = ArtifactServer::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let device = Device::new("upd-check");
+    let bytes = zoo_bytes();
+    let url = server.put("v2", Served::Bytes(bytes.clone()));
+    let assignment = AssignModel { manifest: sign(&manifest_for(&bytes, 2)), artifact_url: url, rollout: None };
+    server.assign("upd-check", serde_json::to_vec(&assignment).expect("json"));
+    let replay = tmp.path().join("replay");
+    drop_files(&replay, "", &defect_images("val")[..4]);
+    let mut setup =
+        Setup::new(&broker.url(), defect_model_toml(1) + &camera_toml("line-1", &replay_source(&replay, 10.0), ""));
+    setup.extra = updates_toml(10).replace("check_interval_secs = 0", "check_interval_secs = 1");
+    setup.fleet = Some((server.base.clone(), "device-token".into()));
+    let sub = subscribe(broker.v4_port, &device).await;
+    let mut agent = Agent::start(&tmp.path().join("agent"), &device, &setup);
+    agent.wait_ready().await;
+    let seen = wait_seen(&sub, &agent, "v2 committed from the fleet check", |s| committed(s, "check-defect-2")).await;
+    assert_eq!(active_version(&seen), Some(2));
+    // The check keeps running; an assignment already served starts nothing new.
+    let before = answers(&seen, "check-defect-2").len();
+    agent.wait_metric("outpost_frames_processed_total{camera=\"line-1\"}", |v| v > 40.0).await;
+    let seen = Seen::of(&sub.received(), &device);
+    assert_eq!(answers(&seen, "check-defect-2").len(), before, "no second update");
+    let (status, _) = agent.terminate(Duration::from_secs(15));
+    assert!(status.success(), "{status}:\n{}", agent.log());
+}

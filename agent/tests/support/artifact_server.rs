@@ -1,5 +1,6 @@
 //! A model-artifact server for tests: `GET /a/{name}` serves what was put under that name — the bytes, the bytes
-//! trickled slowly (so a test can interrupt a download), or an endless stream (a hostile server).
+//! trickled slowly (so a test can interrupt a download), or an endless stream (a hostile server). It also answers
+//! the fleet's assignment check, `GET /api/v1/devices/{id}/assignment`, with what was put there (204 otherwise).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,16 +27,26 @@ pub enum Served {
     Endless,
 }
 
+type Files = Arc<Mutex<HashMap<String, Served>>>;
+
 #[derive(Debug, Clone)]
 pub struct ArtifactServer {
     pub base: String,
-    files: Arc<Mutex<HashMap<String, Served>>>,
+    files: Files,
+}
+
+/// The name the assignment of `device` is kept under.
+fn assignment_key(device: &str) -> String {
+    format!("assignment/{device}")
 }
 
 impl ArtifactServer {
     pub async fn start() -> ArtifactServer {
-        let files: Arc<Mutex<HashMap<String, Served>>> = Arc::default();
-        let app = axum::Router::new().route("/a/{name}", get(serve)).with_state(files.clone());
+        let files: Files = Arc::default();
+        let app = axum::Router::new()
+            .route("/a/{name}", get(serve))
+            .route("/api/v1/devices/{device}/assignment", get(assignment))
+            .with_state(files.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -47,9 +58,21 @@ impl ArtifactServer {
         self.files.lock().expect("lock").insert(name.to_string(), what);
         format!("{}/a/{name}", self.base)
     }
+
+    /// Answers `device`'s assignment check with `body` (JSON).
+    pub fn assign(&self, device: &str, body: Vec<u8>) {
+        self.files.lock().expect("lock").insert(assignment_key(device), Served::Bytes(body));
+    }
 }
 
-async fn serve(State(files): State<Arc<Mutex<HashMap<String, Served>>>>, Path(name): Path<String>) -> Response {
+async fn assignment(State(files): State<Files>, Path(device): Path<String>) -> Response {
+    match files.lock().expect("lock").get(&assignment_key(&device)) {
+        Some(Served::Bytes(body)) => ([(header::CONTENT_TYPE, "application/json")], body.clone()).into_response(),
+        _ => StatusCode::NO_CONTENT.into_response(),
+    }
+}
+
+async fn serve(State(files): State<Files>, Path(name): Path<String>) -> Response {
     let Some(what) = files.lock().expect("lock").get(&name).cloned() else {
         return StatusCode::NOT_FOUND.into_response();
     };
