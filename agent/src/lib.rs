@@ -11,7 +11,10 @@ pub mod queue;
 mod rng;
 pub mod samples;
 pub mod source;
-pub mod store;
+/// The local state store, shared with the fleet (`outpost_common::store`).
+pub mod store {
+    pub use outpost_common::store::*;
+}
 pub mod trial;
 pub mod update;
 pub mod updater;

@@ -1,6 +1,7 @@
-//! The agent's local state store: named trees of ordered byte keys, behind the [`Store`] trait.
+//! Local state: named trees of ordered byte keys, behind the [`Store`] trait — the agent's outbox and the fleet's
+//! registry, time series and queues.
 //!
-//! Design: the rest of the agent sees only [`Store`] (get/put/remove/scan per tree, plus an explicit durable
+//! Design: the rest of the code sees only [`Store`] (get/put/remove/scan per tree, plus an explicit durable
 //! [`Store::flush`]); [`SledStore`] is the default implementation and this is the only file that imports `sled`.
 //! Writes are buffered in memory until `flush` returns (sled flushes on its own every 500 ms too); callers that need
 //! durability group their writes and flush once (see the outbox's group commit). Keys are compared as bytes, so
@@ -14,7 +15,7 @@ use std::sync::{Arc, RwLock};
 /// Why the store refused or failed an operation.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the store at {path}: {detail} (is another agent using it?)")]
+    #[error("cannot open the store at {path}: {detail} (is another process using it?)")]
     Open { path: PathBuf, detail: String },
     #[error("store I/O failed: {0}")]
     Io(String),
@@ -33,6 +34,23 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn scan(&self, tree: &str, after: Option<&[u8]>, limit: usize) -> Result<Vec<Entry>, StoreError>;
     /// Makes every write so far durable (fsync). Blocking: call it from a blocking context in async code.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Sets `key` to `new` (or removes it, for `None`) only if its value is `old` (`None`: absent). Returns whether
+    /// it did: the building block for leases and claims that two callers must not both win.
+    fn compare_and_swap(
+        &self,
+        tree: &str,
+        key: &[u8],
+        old: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool, StoreError>;
+    /// Up to `limit` entries whose keys start with `prefix`, in key order, strictly after `after` when given.
+    fn scan_prefix(
+        &self,
+        tree: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError>;
 }
 
 /// The sled-backed store. One process per path: a second open of the same path fails.
@@ -103,6 +121,35 @@ impl Store for SledStore {
         self.db.flush().map_err(io)?;
         Ok(())
     }
+
+    fn compare_and_swap(
+        &self,
+        tree: &str,
+        key: &[u8],
+        old: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        Ok(self.tree(tree)?.compare_and_swap(key, old, new).map_err(io)?.is_ok())
+    }
+
+    fn scan_prefix(
+        &self,
+        tree: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let tree = self.tree(tree)?;
+        let start = match after {
+            Some(after) if after >= prefix => std::ops::Bound::Excluded(after.to_vec()),
+            _ => std::ops::Bound::Included(prefix.to_vec()),
+        };
+        tree.range((start, std::ops::Bound::Unbounded))
+            .take_while(|r| r.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
+            .take(limit)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io))
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -130,6 +177,30 @@ mod tests {
         assert_eq!(after, vec![(3u64.to_be_bytes().to_vec(), b"v3".to_vec())]);
         assert_eq!(store.get("other", b"k").expect("get"), Some(b"x".to_vec()));
         assert_eq!(store.get("t", b"missing").expect("get"), None);
+    }
+
+    #[test]
+    fn compare_and_swap_lets_one_caller_win() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open");
+        assert!(store.compare_and_swap("t", b"k", None, Some(b"a")).expect("cas"));
+        assert!(!store.compare_and_swap("t", b"k", None, Some(b"b")).expect("cas"), "already set");
+        assert!(store.compare_and_swap("t", b"k", Some(b"a"), Some(b"c")).expect("cas"));
+        assert!(store.compare_and_swap("t", b"k", Some(b"c"), None).expect("cas"));
+        assert_eq!(store.get("t", b"k").expect("get"), None);
+    }
+
+    #[test]
+    fn prefix_scans_stay_inside_the_prefix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open");
+        for k in ["a/1", "a/2", "a/3", "b/1", "a"] {
+            store.put("t", k.as_bytes(), b"").expect("put");
+        }
+        let keys = |v: Vec<Entry>| v.into_iter().map(|(k, _)| String::from_utf8(k).expect("utf-8")).collect::<Vec<_>>();
+        assert_eq!(keys(store.scan_prefix("t", b"a/", None, 10).expect("scan")), ["a/1", "a/2", "a/3"]);
+        assert_eq!(keys(store.scan_prefix("t", b"a/", Some(b"a/1"), 1).expect("scan")), ["a/2"]);
+        assert_eq!(keys(store.scan_prefix("t", b"c/", None, 10).expect("scan")), Vec::<String>::new());
     }
 
     #[test]
