@@ -133,11 +133,11 @@ fn active_version(seen: &Seen) -> Option<u64> {
 }
 
 struct Rig {
-    _broker: EmbeddedBroker,
+    broker: EmbeddedBroker,
     sub: Subscriber,
     agent: Agent,
     server: ArtifactServer,
-    _tmp: tempfile::TempDir,
+    tmp: tempfile::TempDir,
 }
 
 /// An agent with one replay camera on the defect photos, model `defect` v1 from the zoo, trusting the release key.
@@ -156,7 +156,7 @@ async fn rig(name: &str, fps: f64, min_frames: u64) -> Rig {
     let sub = subscribe(broker.v4_port, &device).await;
     let mut agent = Agent::start(&tmp.path().join("agent"), &device, &setup);
     agent.wait_ready().await;
-    Rig { _broker: broker, sub, agent, server: ArtifactServer::start().await, _tmp: tmp }
+    Rig { broker: broker, sub, agent, server: ArtifactServer::start().await, tmp: tmp }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,4 +395,61 @@ async fn a_device_that_missed_the_command_converges_through_the_fleet_check() {
     assert_eq!(answers(&seen, "check-defect-2").len(), before, "no second update");
     let (status, _) = agent.terminate(Duration::from_secs(15));
     assert!(status.success(), "{status}:\n{}", agent.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_budget_refuses_side_by_side_and_unload_first_skips_and_counts() {
+    let mut r = rig("upd-mem", 20.0, 10).await;
+    let bytes = zoo_bytes();
+    let url = r.server.put("v2", Served::Bytes(bytes.clone()));
+    // Restart with a budget far below what the process already uses: the new version cannot load beside the old.
+    let dir = r.tmp.path().join("agent");
+    let (status, _) = r.agent.terminate(Duration::from_secs(15));
+    assert!(status.success());
+    let replay = r.tmp.path().join("replay");
+    let camera = camera_toml("line-1", &replay_source(&replay, 20.0), "")
+        .replace("model = \"defect\"\n", "model = \"defect\"\nqueue_depth = 32\n");
+    let mut setup = Setup::new(&r.broker.url(), defect_model_toml(1) + &camera);
+    setup.per_frame = true;
+    setup.extra = updates_toml(10).replace("check_interval_secs = 0", "check_interval_secs = 0\nmemory_budget_mb = 1");
+    r.agent = Agent::start(&dir, &r.agent.device.clone(), &setup);
+    r.agent.wait_ready().await;
+    assign(&r.sub, &r.agent.device, "mem-1", sign(&manifest_for(&bytes, 2)), &url).await;
+    let seen = wait_seen(&r.sub, &r.agent, "the memory refusal", |s| rejected_code(s, "mem-1").is_some()).await;
+    assert_eq!(rejected_code(&seen, "mem-1").as_deref(), Some("memory"));
+    let (status, _) = r.agent.terminate(Duration::from_secs(15));
+    assert!(status.success());
+
+    // Same budget, unload-first: the update goes through, frames during the load are skipped and counted.
+    setup.extra = setup.extra.replace("memory_budget_mb = 1", "memory_budget_mb = 1\nswap_mode = \"unload-first\"");
+    r.agent = Agent::start(&dir, &r.agent.device.clone(), &setup);
+    r.agent.wait_ready().await;
+    assign(&r.sub, &r.agent.device, "mem-2", sign(&manifest_for(&bytes, 2)), &url).await;
+    wait_seen(&r.sub, &r.agent, "the commit after unloading first", |s| committed(s, "mem-2")).await;
+    let skipped = r.agent.metric("outpost_frames_rejected_total{camera=\"line-1\",reason=\"model_swap\"}").await;
+    let (status, _) = r.agent.terminate(Duration::from_secs(15));
+    assert!(status.success(), "{status}:\n{}", r.agent.log());
+    let seen = Seen::of(&r.sub.received(), &r.agent.device);
+    assert_eq!(active_version(&seen), Some(2));
+    eprintln!("frames skipped while the model was replaced: {skipped}");
+
+    // The operator's view of the device's models.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outpost-agent"))
+        .args(["models", "list", "--config"])
+        .arg(&r.agent.config)
+        .output()
+        .expect("models list runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let defect = &list.as_array().expect("array")[0];
+    assert_eq!(defect["name"], "defect");
+    assert_eq!(defect["record"]["active"], 2);
+    assert_eq!(defect["record"]["committed"], true);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outpost-agent"))
+        .args(["models", "activate", "defect", "7", "--config"])
+        .arg(&r.agent.config)
+        .output()
+        .expect("models activate runs");
+    assert!(!out.status.success(), "version 7 is not installed");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("7"), "{}", String::from_utf8_lossy(&out.stderr));
 }
