@@ -156,7 +156,7 @@ async fn rig(name: &str, fps: f64, min_frames: u64) -> Rig {
     let sub = subscribe(broker.v4_port, &device).await;
     let mut agent = Agent::start(&tmp.path().join("agent"), &device, &setup);
     agent.wait_ready().await;
-    Rig { broker: broker, sub, agent, server: ArtifactServer::start().await, tmp: tmp }
+    Rig { broker, sub, agent, server: ArtifactServer::start().await, tmp }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
