@@ -1,8 +1,8 @@
 //! `outpost-fleet`: the central Outpost service.
 //!
-//! Today it offers `demo`, which runs the bundled defect detector over the bundled sample frames (normal ones, then
-//! frames after a lighting drift) and shows the confidence signal the fleet watches. The service itself (`serve`:
-//! broker, ingest, drift, annotation queue, rollouts) arrives with the fleet issues; `demo` grows with it.
+//! `serve` runs the service (broker, registry, API); `print-config` prints the commented example configuration;
+//! `demo` runs the bundled defect detector over the bundled sample frames and shows the confidence signal the fleet
+//! watches (it grows into the full fleet demo).
 
 mod demo;
 
@@ -19,17 +19,29 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the fleet service.
+    Serve {
+        #[arg(long, default_value = "/etc/outpost/fleet.toml")]
+        config: std::path::PathBuf,
+    },
+    /// Print the commented example configuration.
+    PrintConfig,
     /// Run the bundled defect detector over the bundled sample frames and show the confidence the fleet watches.
     Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
+        Command::Serve { config } => serve(&config),
+        Command::PrintConfig => {
+            print!("{}", outpost_fleet::config::DEFAULT_CONFIG);
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -38,4 +50,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn serve(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = outpost_fleet::config::FleetConfig::load(path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            } else {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+            signals.cancel();
+        });
+        outpost_fleet::serve::run(config, shutdown, |running| {
+            eprintln!("outpost-fleet: API on http://{}, MQTT on {}", running.http, running.mqtt);
+        })
+        .await
+    })
 }

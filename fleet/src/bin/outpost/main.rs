@@ -1,8 +1,10 @@
-//! `outpost`: the operator's command line — signing keys, signed model manifests, key rotation.
+//! `outpost`: the operator's command line — signing keys, signed model manifests, key rotation, devices.
 //!
 //! Signing happens here, on the operator's machine, with keys that never reach the fleet server.
 
+mod device;
 mod duration;
+mod fleet;
 mod keygen;
 mod keys;
 mod model;
@@ -30,6 +32,9 @@ enum Command {
     /// Rotate the trusted key set.
     #[command(subcommand)]
     Keys(keys::Command),
+    /// Enroll, list and revoke devices (through the fleet's API).
+    #[command(subcommand)]
+    Device(device::Command),
 }
 
 /// How a command ended: success, or a verification that said no (a one-line reason, exit code 1).
@@ -45,6 +50,7 @@ fn main() -> ExitCode {
         Command::Keygen(args) => keygen::run(&args),
         Command::Model(command) => model::run(command),
         Command::Keys(command) => keys::run(command),
+        Command::Device(command) => device::run(command),
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,

@@ -1,0 +1,144 @@
+//! The HTTP API, `/api/v1`: bearer-token authentication, one role check per endpoint, JSON errors with stable
+//! codes, body limits. Handlers are thin: they check the caller and call the library.
+
+pub mod devices;
+pub mod openapi;
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::registry::{Principal, Registry, Role};
+
+/// Largest request body outside sample uploads.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// What handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub registry: Registry,
+    /// How devices reach the fleet, written into enrollment configs.
+    pub public: PublicUrls,
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The addresses a device is told to use.
+#[derive(Debug, Clone)]
+pub struct PublicUrls {
+    pub mqtt: String,
+    pub http: String,
+}
+
+/// An API error: an HTTP status, a stable code and a message for people.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, code: &'static str, message: impl std::fmt::Display) -> ApiError {
+        ApiError {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(code = self.code, message = %self.message, "request failed");
+        }
+        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+    }
+}
+
+impl From<crate::registry::RegistryError> for ApiError {
+    fn from(e: crate::registry::RegistryError) -> ApiError {
+        let code = match e.status() {
+            404 => "not_found",
+            409 => "conflict",
+            422 => "invalid",
+            _ => "internal",
+        };
+        ApiError::new(e.status(), code, e)
+    }
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl Caller {
+    /// Refuses the request (403) unless the caller holds `role`.
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.0.may(role) {
+            Ok(())
+        } else {
+            Err(ApiError::new(403, "forbidden", format!("this needs the {role:?} role").to_lowercase()))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::new(401, "unauthenticated", "an `Authorization: Bearer <token>` header is needed")
+            })?;
+        state
+            .registry
+            .authenticate(token.trim())
+            .map(Caller)
+            .ok_or_else(|| ApiError::new(401, "unauthenticated", "unknown or revoked token"))
+    }
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .nest("/api/v1", devices::routes().route("/openapi.json", get(openapi::document)))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .fallback(|| async { ApiError::new(404, "not_found", "no such endpoint") })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn ready(State(state): State<AppState>) -> StatusCode {
+    if state.ready.load(std::sync::atomic::Ordering::Acquire) {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+/// JSON bodies: a malformed body or a wrong content type is a 4xx with a code, never a 5xx.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<JsonBody<T>, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(e) => Err(ApiError::new(e.status().as_u16(), "bad_request", e.body_text())),
+        }
+    }
+}

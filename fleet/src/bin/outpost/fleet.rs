@@ -1,0 +1,57 @@
+//! Talking to the fleet's API: base URL and token from flags or the environment, errors shown as the API gave them.
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// The fleet's base URL.
+    #[arg(long, env = "OUTPOST_FLEET_URL", default_value = "http://127.0.0.1:8080")]
+    pub fleet: String,
+    /// An API token (the admin token is in the fleet's `<state_dir>/admin.token`).
+    #[arg(long, env = "OUTPOST_TOKEN", hide_env_values = true)]
+    pub token: String,
+}
+
+pub struct Fleet {
+    base: String,
+    token: String,
+    runtime: tokio::runtime::Runtime,
+    client: reqwest::Client,
+}
+
+impl Fleet {
+    pub fn new(args: &FleetArgs) -> anyhow::Result<Fleet> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build()?;
+        Ok(Fleet { base: args.fleet.trim_end_matches('/').to_string(), token: args.token.clone(), runtime, client })
+    }
+
+    fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        self.runtime.block_on(async {
+            let response =
+                request.bearer_auth(&self.token).send().await.with_context(|| format!("reaching {}", self.base))?;
+            let status = response.status();
+            let bytes = response.bytes().await?;
+            if !status.is_success() {
+                let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+                bail!("the fleet answered {status}: {message}");
+            }
+            serde_json::from_slice(&bytes).context("the fleet's answer is not what this CLI expects")
+        })
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.client.get(format!("{}{path}", self.base)))
+    }
+
+    pub fn post<T: DeserializeOwned, B: Serialize>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+        self.send(self.client.post(format!("{}{path}", self.base)).json(body))
+    }
+}

@@ -1,0 +1,116 @@
+//! `fleet.toml`: parsed strictly, validated once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::broker::BrokerConfig;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// How long a graceful shutdown (SIGTERM) may take.
+    #[serde(default = "default_deadline")]
+    pub shutdown_deadline_secs: u64,
+    #[serde(default)]
+    pub broker: BrokerConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// The API, the console and `/metrics`, `/healthz`, `/readyz`.
+    pub listen: SocketAddr,
+    /// The base URL devices and people use (written into enrolled agents' configs); defaults to `http://<listen>`.
+    pub public_url: Option<String>,
+    /// The MQTT URL devices use; defaults to the embedded broker's listener (or `broker.url`).
+    pub public_mqtt_url: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), public_url: None, public_mqtt_url: None }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/outpost-fleet")
+}
+
+fn default_deadline() -> u64 {
+    10
+}
+
+/// The commented example printed by `outpost-fleet print-config`.
+pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl FleetConfig {
+    pub fn parse(text: &str, path: &Path) -> Result<FleetConfig, ConfigError> {
+        let config: FleetConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<FleetConfig, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let b = &self.broker;
+        if !b.embedded && b.url.is_none() {
+            return Err(ConfigError::Invalid("broker: set `embedded = true` or an external `url`".into()));
+        }
+        if b.embedded && b.listen == b.listen_v5 {
+            return Err(ConfigError::Invalid("broker.listen and broker.listen_v5 must differ".into()));
+        }
+        Ok(())
+    }
+
+    pub fn public_http(&self) -> String {
+        self.http.public_url.clone().unwrap_or_else(|| format!("http://{}", self.http.listen))
+    }
+
+    pub fn public_mqtt(&self) -> String {
+        if let Some(url) = &self.http.public_mqtt_url {
+            return url.clone();
+        }
+        match (&self.broker.url, self.broker.embedded) {
+            (Some(url), false) => url.clone(),
+            _ => format!("mqtt://{}", self.broker.listen),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_parses_and_mistakes_are_named() {
+        let path = Path::new("fleet.toml");
+        let config = FleetConfig::parse(DEFAULT_CONFIG, path).expect("the example is valid");
+        assert!(config.broker.embedded);
+        let err = FleetConfig::parse("[broker]\nembeded = true\n", path).expect_err("typo").to_string();
+        assert!(err.contains("embeded"), "{err}");
+        let err = FleetConfig::parse("[broker]\nembedded = false\n", path).expect_err("no broker").to_string();
+        assert!(err.contains("external `url`"), "{err}");
+    }
+}

@@ -1,0 +1,182 @@
+//! `outpost-fleet serve` as an operator meets it: the real binary, the `outpost device` CLI against it, and the API's
+//! answers to every role and to malformed requests (4xx, never 5xx).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use outpost_tests::broker::free_port;
+
+struct Fleet {
+    child: Child,
+    base: String,
+    admin: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().expect("client")
+}
+
+fn start() -> Fleet {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (http, v4, v5) = (free_port().expect("port"), free_port().expect("port"), free_port().expect("port"));
+    let config = format!(
+        "state_dir = {:?}\n[broker]\nlisten = \"127.0.0.1:{v4}\"\nlisten_v5 = \"127.0.0.1:{v5}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n",
+        dir.path().join("state")
+    );
+    std::fs::write(dir.path().join("fleet.toml"), config).expect("config");
+    let log = std::fs::File::create(dir.path().join("fleet.log")).expect("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_outpost-fleet"))
+        .args(["serve", "--config"])
+        .arg(dir.path().join("fleet.toml"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("outpost-fleet starts");
+    let base = format!("http://127.0.0.1:{http}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if client().get(format!("{base}/readyz")).send().is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the fleet never became ready:\n{}", log_of(dir.path()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let admin = std::fs::read_to_string(dir.path().join("state/admin.token")).expect("admin token written");
+    Fleet { child, base, admin: admin.trim().to_string(), dir }
+}
+
+fn log_of(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("fleet.log")).unwrap_or_default()
+}
+
+fn outpost(fleet: &Fleet, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(args)
+        .env("OUTPOST_FLEET_URL", &fleet.base)
+        .env("OUTPOST_TOKEN", &fleet.admin)
+        .current_dir(fleet.dir.path())
+        .output()
+        .expect("outpost runs")
+}
+
+#[test]
+fn devices_are_enrolled_listed_and_revoked_from_the_cli() {
+    let fleet = start();
+    let out = outpost(&fleet, &["device", "enroll", "press-7", "--tag", "site=plant-a", "--tag", "line=3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = std::fs::read_to_string(fleet.dir.path().join("press-7.agent.toml")).expect("agent config written");
+    let mode = std::fs::metadata(fleet.dir.path().join("press-7.agent.toml")).expect("meta");
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600, "secrets stay private");
+    for needle in ["id = \"press-7\"", "key = \"", "broker = \"mqtt://127.0.0.1:", "token = \"", "password = \""] {
+        assert!(config.contains(needle), "`{needle}` missing from:\n{config}");
+    }
+    let out = outpost(&fleet, &["device", "list"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("press-7") && listed.contains("site=plant-a") && listed.contains("enrolled"), "{listed}");
+    let again = outpost(&fleet, &["device", "enroll", "press-7"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already enrolled"));
+    let out = outpost(&fleet, &["device", "revoke", "press-7"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed = String::from_utf8_lossy(&outpost(&fleet, &["device", "list"]).stdout).into_owned();
+    assert!(listed.contains("revoked"), "{listed}");
+    // The device's token died with it.
+    let token = config.lines().find_map(|l| l.strip_prefix("token = \"")).expect("token").trim_end_matches('"');
+    let r = client().get(format!("{}/api/v1/devices", fleet.base)).bearer_auth(token).send().expect("answer");
+    assert_eq!(r.status(), 401);
+}
+
+#[test]
+fn each_role_is_refused_what_it_may_not_do_and_bad_requests_are_4xx() {
+    let fleet = start();
+    let c = client();
+    let url = |p: &str| format!("{}/api/v1{p}", fleet.base);
+    let token = |role: &str| -> String {
+        let r = c
+            .post(url("/users"))
+            .bearer_auth(&fleet.admin)
+            .json(&serde_json::json!({"name": role, "role": role}))
+            .send()
+            .expect("answer");
+        assert_eq!(r.status(), 200);
+        r.json::<serde_json::Value>().expect("json")["token"].as_str().expect("token").to_string()
+    };
+    let (operator, annotator) = (token("operator"), token("annotator"));
+    let enrolled: serde_json::Value = c
+        .post(url("/devices"))
+        .bearer_auth(&fleet.admin)
+        .json(&serde_json::json!({"name": "cam-1"}))
+        .send()
+        .expect("answer")
+        .json()
+        .expect("json");
+    let device = enrolled["credentials"]["http_token"].as_str().expect("token").to_string();
+
+    let status = |r: reqwest::blocking::RequestBuilder| r.send().expect("answer").status().as_u16();
+    let enroll =
+        |t: &str, name: &str| status(c.post(url("/devices")).bearer_auth(t).json(&serde_json::json!({"name": name})));
+    assert_eq!(enroll(&operator, "x1"), 403, "operators do not enroll");
+    assert_eq!(enroll(&annotator, "x2"), 403);
+    assert_eq!(enroll(&device, "x3"), 403, "devices do not enroll");
+    assert_eq!(status(c.get(url("/devices")).bearer_auth(&operator)), 200);
+    assert_eq!(status(c.get(url("/devices")).bearer_auth(&annotator)), 403, "annotators do not list devices");
+    assert_eq!(status(c.get(url("/devices")).bearer_auth(&device)), 403);
+    assert_eq!(status(c.post(url("/devices/cam-1/revoke")).bearer_auth(&operator)), 403);
+    assert_eq!(status(c.get(url("/devices"))), 401, "no token");
+    assert_eq!(status(c.get(url("/devices")).bearer_auth("nonsense")), 401);
+    assert_eq!(
+        status(c.post(url("/users")).bearer_auth(&operator).json(&serde_json::json!({"name": "y", "role": "admin"}))),
+        403
+    );
+
+    // Malformed requests: 4xx with a JSON error, never 5xx.
+    let admin = &fleet.admin;
+    let bad = [
+        c.post(url("/devices")).bearer_auth(admin).header("content-type", "application/json").body("{not json"),
+        c.post(url("/devices")).bearer_auth(admin).header("content-type", "text/plain").body("{\"name\":\"z\"}"),
+        c.post(url("/devices")).bearer_auth(admin).json(&serde_json::json!({"name": "z", "color": "red"})),
+        c.post(url("/devices")).bearer_auth(admin).json(&serde_json::json!({"name": "a/b"})),
+        c.post(url("/devices"))
+            .bearer_auth(admin)
+            .json(&serde_json::json!({"name": "big", "pad": "x".repeat(2 << 20)})),
+        c.get(url("/devices/nobody")).bearer_auth(admin),
+        c.get(url("/no/such/endpoint")).bearer_auth(admin),
+    ];
+    for request in bad {
+        let r = request.send().expect("answer");
+        let code = r.status().as_u16();
+        assert!((400..500).contains(&code), "expected 4xx, got {code}");
+        let body: serde_json::Value = r.json().expect("a JSON error body");
+        assert!(body["error"]["code"].is_string(), "{body}");
+    }
+    let doc: serde_json::Value = c.get(url("/openapi.json")).send().expect("answer").json().expect("json");
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/devices"]["post"]["x-outpost-role"] == "admin");
+}
+
+#[test]
+fn sigterm_stops_the_fleet_cleanly() {
+    let mut fleet = start();
+    let pid = fleet.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = fleet.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "no exit within the deadline");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}:\n{}", log_of(fleet.dir.path()));
+    assert!(log_of(fleet.dir.path()).contains("fleet stopped"));
+}
