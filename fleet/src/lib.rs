@@ -4,5 +4,6 @@
 pub mod api;
 pub mod broker;
 pub mod config;
+pub mod mqtt;
 pub mod registry;
 pub mod serve;

@@ -1,0 +1,121 @@
+//! The fleet's own MQTT client: subscribes to every device's status, telemetry and events (through a shared
+//! subscription when several replicas share an external broker), hands each message on, and publishes commands
+//! sealed for their device.
+
+use std::time::Duration;
+
+use outpost_common::protocol::{self, Command, auth};
+use outpost_common::topics::{self, Channel, DeviceId};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// One message from a device, as received.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub topic: String,
+    pub payload: bytes::Bytes,
+}
+
+/// Where and as whom the fleet connects.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub username: String,
+    pub password: String,
+    pub shared_group: Option<String>,
+}
+
+impl ClientConfig {
+    /// From an `mqtt://host:port` URL.
+    pub fn from_url(url: &str, client_id: &str, username: &str, password: &str) -> Result<ClientConfig, String> {
+        let rest = url.strip_prefix("mqtt://").ok_or_else(|| format!("`{url}`: only mqtt:// is supported here"))?;
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.trim_end_matches('/').parse().map_err(|_| format!("`{url}`: bad port"))?),
+            None => (rest.trim_end_matches('/').to_string(), 1883),
+        };
+        Ok(ClientConfig {
+            host,
+            port,
+            client_id: client_id.into(),
+            username: username.into(),
+            password: password.into(),
+            shared_group: None,
+        })
+    }
+}
+
+/// Publishes commands; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Commands {
+    client: AsyncClient,
+}
+
+impl Commands {
+    /// Seals `command` with the device's key and publishes it (QoS 1) on the device's command topic.
+    pub async fn send(&self, device: &DeviceId, key: &auth::DeviceKey, command: &Command) -> Result<(), String> {
+        let bytes = protocol::encode(command).map_err(|e| e.to_string())?;
+        let sealed = auth::seal(key, device, &bytes);
+        self.client
+            .publish(topics::topic(device, Channel::Commands), QoS::AtLeastOnce, false, sealed)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Connects, subscribes (again after every reconnect) and forwards device messages to `out` until `shutdown`.
+pub fn start(config: ClientConfig, out: mpsc::Sender<Incoming>, shutdown: CancellationToken) -> Commands {
+    let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
+    options
+        .set_credentials(&config.username, &config.password)
+        .set_keep_alive(Duration::from_secs(15))
+        .set_clean_session(false)
+        .set_max_packet_size(2 << 20, 2 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, 1024);
+    let filters: Vec<String> = [Channel::Status, Channel::Telemetry, Channel::Events]
+        .into_iter()
+        .map(|c| {
+            let filter = topics::all_devices(c);
+            match &config.shared_group {
+                Some(group) => topics::shared(group, &filter),
+                None => filter,
+            }
+        })
+        .collect();
+    let subscriber = client.clone();
+    tokio::spawn(async move {
+        let mut failures = 0u32;
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                e = eventloop.poll() => e,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    failures = 0;
+                    tracing::info!(host = %config.host, port = config.port, "fleet connected to the broker");
+                    for f in &filters {
+                        let _ = subscriber.try_subscribe(f.clone(), QoS::AtLeastOnce);
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if out.send(Incoming { topic: p.topic, payload: p.payload }).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(error = %e, "fleet MQTT connection lost; reconnecting");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(25)))).await;
+                }
+            }
+        }
+        let _ = subscriber.try_disconnect();
+    });
+    Commands { client }
+}
