@@ -1,119 +1,143 @@
-//! `outpost-fleet demo`: the bundled model on the bundled frames, with the numbers the fleet watches.
+//! `outpost-fleet demo`: the fleet with its embedded broker and store, three agents enrolled automatically and run
+//! in this process on the bundled frames (two on a normal line, one after a lighting drift), the API's URL and an
+//! admin token printed; until Ctrl-C (or `--seconds`), after which nothing keeps running and a summary is printed.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use outpost_common::vision::engine::Runtime;
-use outpost_common::vision::{Vision, VisionOptions};
+use outpost_agent::config::AgentConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::devices::agent_config;
+use crate::config::FleetConfig;
+use crate::serve::Running;
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// The detector to run.
+    /// The detector the agents run.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/zoo/defect-yolo11n-320.onnx"))]
-    model: PathBuf,
+    pub model: PathBuf,
     /// Folder with `defect-val/images` (normal frames) and `defect-drift/images` (after a lighting change).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/images"))]
-    frames: PathBuf,
+    pub frames: PathBuf,
+    /// Stop by itself after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub seconds: Option<u64>,
+    /// The API's port (0: any free port).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Frames per second each agent replays.
+    #[arg(long, default_value_t = 5.0)]
+    pub fps: f64,
 }
 
-/// What one set of frames looked like to the model.
-struct SetSummary {
-    frames: usize,
-    failed: usize,
-    detections: usize,
-    uncertain: usize,
-    mean_confidence: f64,
-    mean_ms: f64,
+/// The three demo devices: name, site tag, frame set.
+const DEVICES: [(&str, &str, &str); 3] = [
+    ("demo-cam-1", "plant-a", "defect-val"),
+    ("demo-cam-2", "plant-a", "defect-val"),
+    ("demo-cam-3", "plant-b", "defect-drift"),
+];
+
+fn free_addr(preferred: u16) -> Result<std::net::SocketAddr> {
+    let try_bind = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).and_then(|l| l.local_addr());
+    Ok(try_bind(preferred).or_else(|_| try_bind(0))?)
 }
 
-fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading sample frames in {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "jpg" || x == "png"))
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
-fn run_set(vision: &mut Vision, files: &[PathBuf]) -> SetSummary {
-    let mut s = SetSummary { frames: 0, failed: 0, detections: 0, uncertain: 0, mean_confidence: 0.0, mean_ms: 0.0 };
-    let mut scored = 0usize;
-    for path in files {
-        let outcome = std::fs::read(path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| vision.infer_encoded(&b).map_err(|e| e.to_string()));
-        match outcome {
-            Ok(r) => {
-                s.frames += 1;
-                s.detections += r.detections.len();
-                if let outpost_common::vision::confidence::Confidence::Detect { uncertain, .. } = r.confidence {
-                    s.uncertain += uncertain;
-                }
-                if let Some(c) = r.confidence.headline() {
-                    s.mean_confidence += f64::from(c);
-                    scored += 1;
-                }
-                let t = r.timings;
-                s.mean_ms += t.decode + t.preprocess + t.inference + t.postprocess;
-            }
-            Err(e) => {
-                s.failed += 1;
-                tracing::warn!(file = %path.display(), error = %e, "frame skipped");
-            }
-        }
-    }
-    s.mean_confidence /= scored.max(1) as f64;
-    s.mean_ms /= s.frames.max(1) as f64;
-    s
+/// The agent config of one demo device: the enrolled identity plus a replay camera on the bundled frames.
+fn demo_agent(
+    running: &Running,
+    name: &str,
+    site: &str,
+    frames: &Path,
+    args: &DemoArgs,
+    state: &Path,
+) -> Result<String> {
+    let credentials = running.registry.enroll(name, [("site".to_string(), site.to_string())].into())?;
+    let mut toml = agent_config(&credentials, &running.mqtt, &format!("http://{}", running.http));
+    toml = toml.replace("state_dir = \"/var/lib/outpost-agent\"", &format!("state_dir = {:?}", state.join(name)));
+    toml.push_str(&format!(
+        "\n[telemetry]\nwindow_secs = 2\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\nthreads = 1\n\n\
+         [[models]]\nname = \"defect\"\nversion = 1\npath = {:?}\n\n\
+         [[cameras]]\nname = \"line-1\"\nmodel = \"defect\"\nsource = {{ kind = \"replay\", path = {:?}, fps = {:.1} }}\n",
+        args.model, frames, args.fps
+    ));
+    Ok(toml)
 }
 
 pub fn run(args: &DemoArgs) -> Result<()> {
-    let rt = Runtime::init(None)?;
-    let bytes = std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
-    let mut vision = Vision::load(rt, &bytes, VisionOptions::default())
-        .with_context(|| format!("loading {}", args.model.display()))?;
-    let spec = vision.spec().clone();
-    println!(
-        "Outpost demo — {} ({} {}×{}, classes: {})",
-        short(&args.model),
-        spec.task.as_str(),
-        spec.input.width,
-        spec.input.height,
-        spec.labels.join(", ")
-    );
-    println!("ONNX Runtime: {}\n", rt.library().display());
-    println!(
-        "{:<34} {:>6} {:>10} {:>10} {:>15} {:>9}",
-        "frames", "count", "detections", "uncertain", "mean confidence", "ms/frame"
-    );
-    let mut rows = Vec::new();
-    for (name, dir) in
-        [("normal line lighting", "defect-val/images"), ("after a lighting drift", "defect-drift/images")]
-    {
-        let files = images_in(&args.frames.join(dir))?;
-        let s = run_set(&mut vision, &files);
-        println!(
-            "{name:<34} {:>6} {:>10} {:>10} {:>15.3} {:>9.1}",
-            s.frames, s.detections, s.uncertain, s.mean_confidence, s.mean_ms
-        );
-        rows.push(s);
+    for (_, _, set) in DEVICES {
+        let dir = args.frames.join(set).join("images");
+        anyhow::ensure!(dir.is_dir(), "no bundled frames in {} (see --frames)", dir.display());
     }
-    if let [normal, drift] = rows.as_slice()
-        && normal.mean_confidence > 0.0
-    {
-        let drop = 100.0 * (1.0 - drift.mean_confidence / normal.mean_confidence);
-        println!(
-            "\nMean confidence fell by {drop:.0}% after the lighting change: the signal Outpost's fleet watches per \
-             model version to flag drift and queue the hard frames for annotation."
-        );
-        if normal.failed + drift.failed > 0 {
-            println!("{} frames could not be read (see the log).", normal.failed + drift.failed);
+    anyhow::ensure!(args.model.is_file(), "no model at {} (see --model)", args.model.display());
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(demo(args))
+}
+
+async fn demo(args: &DemoArgs) -> Result<()> {
+    let state = tempfile::Builder::new().prefix("outpost-demo-").tempdir()?;
+    let config = FleetConfig {
+        state_dir: state.path().join("fleet"),
+        shutdown_deadline_secs: 10,
+        broker: crate::broker::BrokerConfig {
+            listen: free_addr(1883)?,
+            listen_v5: free_addr(0)?,
+            ..Default::default()
+        },
+        http: crate::config::HttpConfig { listen: free_addr(args.port)?, public_url: None, public_mqtt_url: None },
+    };
+    let fleet_stop = CancellationToken::new();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let fleet = tokio::spawn(crate::serve::run(config, fleet_stop.clone(), move |running| {
+        let _ = ready_tx.send(running);
+    }));
+    let running = match ready_rx.await {
+        Ok(r) => r,
+        Err(_) => return fleet.await?.context("the fleet did not start"),
+    };
+
+    let agents_stop = CancellationToken::new();
+    let mut agents = Vec::new();
+    for (name, site, set) in DEVICES {
+        let frames = args.frames.join(set).join("images");
+        let toml = demo_agent(&running, name, site, &frames, args, &state.path().join("agents"))?;
+        let path = state.path().join(format!("{name}.agent.toml"));
+        let config = AgentConfig::parse(&toml, &path)?.validate()?;
+        agents.push((name, tokio::spawn(outpost_agent::app::run(config, agents_stop.clone()))));
+    }
+    println!("Outpost demo is running.");
+    println!("  API:          http://{}/api/v1 (OpenAPI: /api/v1/openapi.json)", running.http);
+    println!("  admin token:  {}", running.admin_token);
+    println!("  MQTT broker:  {}", running.mqtt);
+    println!("  devices:      {}", DEVICES.map(|d| d.0).join(", "));
+    println!("Try: curl -H 'Authorization: Bearer {}' http://{}/api/v1/devices", running.admin_token, running.http);
+    match args.seconds {
+        Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+        None => {
+            println!("Ctrl-C stops everything.");
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
+
+    println!("Stopping the agents and the fleet…");
+    agents_stop.cancel();
+    for (name, task) in agents {
+        match tokio::time::timeout(Duration::from_secs(20), task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => eprintln!("agent {name}: {e:#}"),
+            _ => eprintln!("agent {name} did not stop in time"),
+        }
+    }
+    let summary = summary(&running);
+    fleet_stop.cancel();
+    fleet.await??;
+    println!("{summary}");
     Ok(())
 }
 
-fn short(p: &Path) -> String {
-    p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+/// What the fleet saw, for the last lines of the demo.
+fn summary(running: &Running) -> String {
+    let devices = running.registry.list().map(|d| d.len()).unwrap_or(0);
+    format!("{devices} devices were enrolled.")
 }

@@ -4,8 +4,6 @@
 //! `demo` runs the bundled defect detector over the bundled sample frames and shows the confidence signal the fleet
 //! watches (it grows into the full fleet demo).
 
-mod demo;
-
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -27,16 +25,18 @@ enum Command {
     /// Print the commented example configuration.
     PrintConfig,
     /// Run the bundled defect detector over the bundled sample frames and show the confidence the fleet watches.
-    Demo(demo::DemoArgs),
+    Demo(outpost_fleet::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
+    // The demo talks to a person on stdout; the service logs what it does.
+    let default = if matches!(cli.command, Command::Demo(_)) { "warn,rumqttd=error" } else { "info,rumqttd=warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let result = match cli.command {
-        Command::Demo(args) => demo::run(&args),
+        Command::Demo(args) => outpost_fleet::demo::run(&args),
         Command::Serve { config } => serve(&config),
         Command::PrintConfig => {
             print!("{}", outpost_fleet::config::DEFAULT_CONFIG);

@@ -1,19 +1,21 @@
-//! The README's first command, `outpost-fleet demo`, run as a newcomer runs it.
+//! The README's first command, `outpost-fleet demo`, run as a newcomer runs it (bounded with `--seconds`).
 
 use std::process::Command;
 
 #[test]
-fn demo_runs_the_bundled_model_and_shows_the_drift() {
-    let out = Command::new(env!("CARGO_BIN_EXE_outpost-fleet")).arg("demo").output().expect("demo starts");
+fn demo_runs_a_fleet_with_three_agents_and_stops_cleanly() {
+    let out = Command::new(env!("CARGO_BIN_EXE_outpost-fleet"))
+        .args(["demo", "--seconds", "8", "--port", "0"])
+        .output()
+        .expect("demo starts");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "demo failed: {stderr}");
-    let row = |name: &str| -> Vec<f64> {
-        let line = stdout.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no `{name}` row: {stdout}"));
-        line[name.len()..].split_whitespace().filter_map(|v| v.parse().ok()).collect()
-    };
-    let (normal, drift) = (row("normal line lighting"), row("after a lighting drift"));
-    assert_eq!((normal[0], drift[0]), (80.0, 40.0), "every bundled frame is processed");
-    assert!(drift[3] < normal[3], "confidence drops under the lighting drift: {stdout}");
-    assert!(stdout.contains("Mean confidence fell by"), "{stdout}");
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("Outpost demo is running."), "{stdout}");
+    assert!(stdout.contains("http://127.0.0.1:") && stdout.contains("/api/v1"), "the API URL is printed: {stdout}");
+    assert!(stdout.contains("admin token:"), "{stdout}");
+    for device in ["demo-cam-1", "demo-cam-2", "demo-cam-3"] {
+        assert!(stdout.contains(device), "{device} in: {stdout}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
