@@ -36,6 +36,9 @@ pub struct BrokerConfig {
     pub password: Option<String>,
     /// Shared-subscription group, so several fleet replicas on one external broker split the ingest.
     pub shared_group: Option<String>,
+    /// For Mosquitto: the folder where the fleet keeps a `passwd` and an `acl` file current (at start and after
+    /// every enrollment or revocation); point Mosquitto's `password_file`/`acl_file` at them and reload it (SIGHUP).
+    pub mosquitto_dir: Option<PathBuf>,
 }
 
 impl Default for BrokerConfig {
@@ -49,6 +52,7 @@ impl Default for BrokerConfig {
             username: None,
             password: None,
             shared_group: None,
+            mosquitto_dir: None,
         }
     }
 }

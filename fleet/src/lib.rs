@@ -5,6 +5,7 @@ pub mod api;
 pub mod broker;
 pub mod config;
 pub mod demo;
+pub mod mosquitto;
 pub mod mqtt;
 pub mod registry;
 pub mod serve;

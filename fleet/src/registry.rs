@@ -97,6 +97,9 @@ pub struct DeviceRecord {
     pub revoked: bool,
     /// SHA-256 (hex) of the MQTT password.
     pub mqtt_password_sha256: String,
+    /// The MQTT password in Mosquitto's password-file format, for deployments on Mosquitto.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mosquitto_password: Option<String>,
 }
 
 /// What enrollment hands out, once.
@@ -203,6 +206,7 @@ impl Registry {
             enrolled_at: OffsetDateTime::now_utc(),
             revoked: false,
             mqtt_password_sha256: sha256_hex(&password),
+            mosquitto_password: Some(crate::mosquitto::hash_password(&password).map_err(RegistryError::Random)?),
         };
         let bytes = serde_json::to_vec(&record).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
         if !self.store.compare_and_swap(DEVICES, id.as_str().as_bytes(), None, Some(&bytes))? {
@@ -266,6 +270,16 @@ impl Registry {
         self.store.flush()?;
         tracing::warn!(device = id, "device revoked");
         Ok(record)
+    }
+
+    /// `(device, Mosquitto password hash)` of every unrevoked device, for Mosquitto's password file.
+    pub fn mosquitto_users(&self) -> Result<Vec<(String, String)>, RegistryError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|d| !d.revoked)
+            .filter_map(|d| d.mosquitto_password.map(|h| (d.id, h)))
+            .collect())
     }
 
     /// Whether an enrolled, unrevoked device presented its MQTT password.

@@ -66,7 +66,15 @@ pub async fn run(
         public.http = format!("http://{http_addr}");
     }
     let ready_flag = Arc::new(AtomicBool::new(false));
-    let state = AppState { registry: registry.clone(), public: public.clone(), ready: ready_flag.clone() };
+    let mosquitto = match (&config.broker.mosquitto_dir, &config.broker.username, &config.broker.password) {
+        (Some(dir), Some(user), Some(password)) => Some((dir.clone(), user.clone(), password.clone())),
+        (Some(_), _, _) => {
+            anyhow::bail!("broker.mosquitto_dir needs broker.username and broker.password (the fleet's own user)")
+        }
+        _ => None,
+    };
+    let state = AppState { registry: registry.clone(), public: public.clone(), ready: ready_flag.clone(), mosquitto };
+    state.refresh_mosquitto().map_err(|e| anyhow::anyhow!(e.message))?;
     let http = {
         let stop = shutdown.clone();
         let app = api::router(state);

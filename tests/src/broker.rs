@@ -114,6 +114,8 @@ pub struct MosquittoOptions {
     pub users: Vec<(String, String)>,
     /// Serve the main listener over TLS (`mqtts://`).
     pub tls: Option<MosquittoTls>,
+    /// A password file and an ACL file (as the fleet writes them) for the main listener, instead of `users`.
+    pub auth_files: Option<(PathBuf, PathBuf)>,
 }
 
 /// The main listener's TLS: PEM files (copied into the broker's directory, so any path works) and whether a client
@@ -147,7 +149,7 @@ impl Mosquitto {
         // Mosquitto started as root drops to the `mosquitto` user, which must be able to write its database and log
         // here and read the certificates and the password file.
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
-        let guarded = options.tls.is_some() || !options.users.is_empty();
+        let guarded = options.tls.is_some() || !options.users.is_empty() || options.auth_files.is_some();
         // Written to a file by Mosquitto itself, which flushes every line (its stdout is block-buffered).
         let mut common = format!("log_dest file {}\nmax_queued_messages 100000\n", dir.path().join(LOG).display());
         if options.persistence {
@@ -174,7 +176,15 @@ impl Mosquitto {
                 tls.require_certificate,
             ));
         }
-        if options.users.is_empty() {
+        if let Some((passwords, acl)) = &options.auth_files {
+            let (p, a) = (dir.path().join("fleet.passwd"), dir.path().join("fleet.acl"));
+            // Copies the `mosquitto` user (Mosquitto drops to it when started as root) can read.
+            for (from, to) in [(passwords, &p), (acl, &a)] {
+                std::fs::copy(from, to)?;
+                std::fs::set_permissions(to, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+            }
+            main.push_str(&format!("allow_anonymous false\npassword_file {}\nacl_file {}\n", p.display(), a.display()));
+        } else if options.users.is_empty() {
             main.push_str("allow_anonymous true\n");
         } else {
             let passwords = dir.path().join("passwords");

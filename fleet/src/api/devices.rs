@@ -43,6 +43,7 @@ async fn enroll(
         return Err(ApiError::new(422, "invalid", "at most 32 tags, keys 1..64 and values up to 128 bytes"));
     }
     let credentials = state.registry.enroll(&req.name, req.tags)?;
+    state.refresh_mosquitto()?;
     let agent_config = agent_config(&credentials, &state.public.mqtt, &state.public.http);
     Ok(Json(Enrolled { credentials, agent_config }))
 }
@@ -67,7 +68,9 @@ async fn revoke(
     Path(id): Path<String>,
 ) -> Result<Json<DeviceRecord>, ApiError> {
     caller.require(Role::Admin)?;
-    Ok(Json(state.registry.revoke(&id)?))
+    let record = state.registry.revoke(&id)?;
+    state.refresh_mosquitto()?;
+    Ok(Json(record))
 }
 
 /// The agent configuration for freshly enrolled credentials: identity, secrets and where the fleet is; the

@@ -26,6 +26,19 @@ pub struct AppState {
     /// How devices reach the fleet, written into enrollment configs.
     pub public: PublicUrls,
     pub ready: Arc<std::sync::atomic::AtomicBool>,
+    /// Where Mosquitto's password and ACL files are kept current, with the fleet's own user: `(dir, user, password)`.
+    pub mosquitto: Option<(std::path::PathBuf, String, String)>,
+}
+
+impl AppState {
+    /// Rewrites Mosquitto's files after the registry changed (when the fleet keeps them).
+    pub fn refresh_mosquitto(&self) -> Result<(), ApiError> {
+        let Some((dir, user, password)) = &self.mosquitto else { return Ok(()) };
+        let users = self.registry.mosquitto_users()?;
+        crate::mosquitto::write_files(dir, &users, (user, password))
+            .map(|_| ())
+            .map_err(|e| ApiError::new(500, "mosquitto_files", e))
+    }
 }
 
 /// The addresses a device is told to use.
