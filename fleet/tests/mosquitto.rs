@@ -11,7 +11,10 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 /// A client with credentials that records what it receives and whether it connected (the shared test subscriber
 /// connects anonymously).
 async fn client(port: u16, user: &str, pass: &str, subscribe: Option<&str>) -> (AsyncClient, Seen) {
-    let mut options = MqttOptions::new(user, "127.0.0.1", port);
+    // Distinct client ids: a second connection under one id would take the first one's session over.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut options = MqttOptions::new(format!("{user}-{n}"), "127.0.0.1", port);
     options.set_credentials(user, pass).set_keep_alive(Duration::from_secs(5));
     let (client, mut eventloop) = AsyncClient::new(options, 100);
     let state = std::sync::Arc::new(std::sync::Mutex::new((false, Vec::<String>::new(), false)));
