@@ -615,10 +615,10 @@ mod tests {
             DriftGroup::of(&tags, None),
             vec![DriftGroup::Fleet, DriftGroup::tag("line", "3"), DriftGroup::tag("site", "berlin")]
         );
-        assert_eq!(DriftGroup::of(&tags, Some(&["site".to_string()])), vec![
-            DriftGroup::Fleet,
-            DriftGroup::tag("site", "berlin")
-        ]);
+        assert_eq!(
+            DriftGroup::of(&tags, Some(&["site".to_string()])),
+            vec![DriftGroup::Fleet, DriftGroup::tag("site", "berlin")]
+        );
         assert!(DriftGroup::tag("site", "berlin").contains(&tags));
         assert!(!DriftGroup::tag("site", "paris").contains(&tags));
         for text in ["*", "site=berlin", "a=b=c", "k="] {
@@ -725,7 +725,8 @@ mod tests {
         let reference = ConfidenceBaseline { frames: 200, histogram: hist(&[(18, 200)]), flagged_rate: Some(0.05) };
         let sample = Sample::from_reference(&reference);
         assert_eq!((sample.flagged, sample.flagged_share()), (10, Some(0.05)));
-        let mut t = Tracker::new(ModelRef { name: "defect".into(), version: 3 }, DriftGroup::Fleet, Some(&sample), at(0));
+        let mut t =
+            Tracker::new(ModelRef { name: "defect".into(), version: 3 }, DriftGroup::Fleet, Some(&sample), at(0));
         // Same scores, but half the frames now have no detection at all: the mean does not move, PSI does.
         let half_blind = Sample { frames: 50, histogram: hist(&[(18, 25)]), flagged: 0 };
         let alerts = feed(&mut t, 0, &[half_blind; 3]);

@@ -82,8 +82,7 @@ mod tests {
 
     #[test]
     fn parses_from_toml_shaped_json_and_refuses_unknown_keys() {
-        let c: IngestConfig =
-            serde_json::from_str(r#"{"raw_days": 3, "drift": {"psi_raise": 0.3}}"#).expect("parses");
+        let c: IngestConfig = serde_json::from_str(r#"{"raw_days": 3, "drift": {"psi_raise": 0.3}}"#).expect("parses");
         assert_eq!((c.raw_days, c.rollup_days, c.drift.psi_raise, c.drift.psi_clear), (3, 186, 0.3, 0.1));
         assert!(serde_json::from_str::<IngestConfig>(r#"{"raw_dayz": 3}"#).is_err());
     }

@@ -1,10 +1,11 @@
 //! Per-device state: the de-duplication window with the device's totals (one record, so a seq is marked and
 //! counted in the same atomic write), and the last status (online/offline, agent version, models, health).
 //!
-//! Status ordering: a status is applied in arrival order unless it is older, by its own `at`, than the stored one —
-//! a replayed old status. A last will is the exception: the agent registers it at connect, so its `at` is the
-//! connect-time status's and usually older than later status changes; an `offline` status is therefore always
-//! applied.
+//! Status ordering: a status is applied in arrival order unless it is older, by its own `at`, than the newest status
+//! applied so far — a replayed old status. A last will is the exception: the agent registers it at connect, so its
+//! `at` is the connect-time status's and usually older than later status changes; an `offline` status is therefore
+//! always applied. (A device whose clock jumps back has its statuses refused until its clock passes the newest `at`
+//! again; its telemetry is unaffected.)
 
 use std::collections::BTreeMap;
 
@@ -14,7 +15,7 @@ use outpost_common::topics::DeviceId;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::dedupe::{SeqWindow, Seen};
+use super::dedupe::{Seen, SeqWindow};
 use super::error::{DropReason, IngestError};
 use super::record::{self, Change};
 use super::{STATUS, TALLIES, keys};
@@ -114,8 +115,14 @@ pub(crate) fn trimmed(store: &dyn Store, device: &DeviceId, removed: u64) -> Res
 #[serde(deny_unknown_fields)]
 pub(crate) struct StatusRecord {
     status: Status,
+    /// The newest `at` of any status applied (a last will's `at` is older than the statuses before it).
+    #[serde(with = "time::serde::rfc3339")]
+    newest_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     received_at: OffsetDateTime,
+    /// When the last status that was not `offline` arrived: the device's own (a will is the broker's).
+    #[serde(with = "time::serde::rfc3339::option")]
+    seen_at: Option<OffsetDateTime>,
     /// When the device last went online or offline (fleet clock).
     #[serde(with = "time::serde::rfc3339")]
     since: OffsetDateTime,
@@ -139,7 +146,7 @@ pub(crate) fn apply_status(
     record::update(store, STATUS, &keys::device(device), "status", |old: Option<StatusRecord>| {
         let online = status.state != AgentState::Offline;
         if let Some(old) = &old {
-            if online && status.at < old.status.at {
+            if online && status.at < old.newest_at {
                 return Ok((Change::Keep, Err(DropReason::StaleStatus)));
             }
         }
@@ -149,8 +156,11 @@ pub(crate) fn apply_status(
             Some(o) if !changed => o.since,
             _ => received_at,
         };
+        let newest_at = old.as_ref().map_or(status.at, |o| o.newest_at.max(status.at));
+        let seen_at = if online { Some(received_at) } else { old.as_ref().and_then(|o| o.seen_at) };
+        let record = StatusRecord { status: status.clone(), newest_at, received_at, seen_at, since };
         let applied = StatusApplied { state: status.state, online, changed };
-        Ok((Change::Put(StatusRecord { status: status.clone(), received_at, since }), Ok(applied)))
+        Ok((Change::Put(record), Ok(applied)))
     })
 }
 
@@ -174,7 +184,7 @@ pub struct DeviceView {
 
 fn view(device: DeviceId, status: Option<StatusRecord>, tally: Option<Tally>) -> DeviceView {
     let online = status.as_ref().is_some_and(|s| s.status.state != AgentState::Offline);
-    let status_seen = status.as_ref().filter(|s| s.status.state != AgentState::Offline).map(|s| s.received_at);
+    let status_seen = status.as_ref().and_then(|s| s.seen_at);
     let tally_seen = tally.as_ref().and_then(|t| t.last_seen);
     DeviceView {
         device,
@@ -197,17 +207,16 @@ pub(crate) fn one(store: &dyn Store, device: &DeviceId) -> Result<Option<DeviceV
     Ok(Some(view(device.clone(), status, tally)))
 }
 
+/// A device's status and tally records, as found.
+type Joined<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
 /// Devices that sent a status or a stored message, in id order, after `after`, at most `limit`.
-pub(crate) fn list(
-    store: &dyn Store,
-    after: Option<&DeviceId>,
-    limit: usize,
-) -> Result<Vec<DeviceView>, IngestError> {
+pub(crate) fn list(store: &dyn Store, after: Option<&DeviceId>, limit: usize) -> Result<Vec<DeviceView>, IngestError> {
     let after = after.map(keys::device);
     // The first `limit` of the union are among the first `limit` of each tree.
     let statuses = store.scan(STATUS, after.as_deref(), limit)?;
     let tallies = store.scan(TALLIES, after.as_deref(), limit)?;
-    let mut joined: BTreeMap<&[u8], (Option<&[u8]>, Option<&[u8]>)> = BTreeMap::new();
+    let mut joined: BTreeMap<&[u8], Joined<'_>> = BTreeMap::new();
     for (k, v) in &statuses {
         joined.entry(k).or_default().0 = Some(v);
     }

@@ -195,8 +195,12 @@ impl DriftBook {
     ) -> Result<(u64, u64), IngestError> {
         let idle_before = now - time::Duration::days(i64::from(self.config.idle_days));
         let mut book = self.lock();
-        let idle: Vec<(ModelRef, DriftGroup)> =
-            book.trackers.iter().filter(|(_, s)| s.tracker.updated_at() < idle_before).map(|(k, _)| k.clone()).collect();
+        let idle: Vec<(ModelRef, DriftGroup)> = book
+            .trackers
+            .iter()
+            .filter(|(_, s)| s.tracker.updated_at() < idle_before)
+            .map(|(k, _)| k.clone())
+            .collect();
         for key in &idle {
             self.store.remove(TRACKERS, &tracker_key(&key.0, &key.1))?;
             book.trackers.remove(key);

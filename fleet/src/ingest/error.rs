@@ -56,7 +56,7 @@ pub enum DropReason {
     Duplicate,
     /// `seq` is below the device's de-duplication window: too old to tell, so refused.
     Stale,
-    /// A status older (by its own `at`) than the one stored, that is not a last will.
+    /// A status older (by its own `at`) than the newest one applied, that is not a last will: a replay.
     StaleStatus,
     /// A window that ends further in the future than the allowed clock skew.
     FutureWindow,

@@ -53,7 +53,7 @@ use time::OffsetDateTime;
 
 pub use compact::CompactReport;
 pub use config::IngestConfig;
-pub use dedupe::{SeqWindow, Seen};
+pub use dedupe::{Seen, SeqWindow};
 pub use devices::{DeviceView, StatusApplied, Totals};
 pub use directory::{DeviceDirectory, MasterKeyDirectory, Tags};
 pub use drift_book::StoredAlert;
@@ -101,9 +101,17 @@ pub enum Outcome {
     /// A status was applied.
     Status(StatusApplied),
     /// A window summary was stored.
-    Window { seq: u64, model: ModelRef, camera: String, frames: u64 },
+    Window {
+        seq: u64,
+        model: ModelRef,
+        camera: String,
+        frames: u64,
+    },
     /// A per-frame batch was accepted and counted (not stored: its window summary follows).
-    Frames { seq: u64, frames: usize },
+    Frames {
+        seq: u64,
+        frames: usize,
+    },
     /// An event was stored in the device's log.
     Event(Box<StoredEvent>),
     Dropped(DropReason),
@@ -316,8 +324,7 @@ impl Ingest {
         let (raw_cut, rollup_cut) = compact::cutoffs(now, self.config.raw_days, self.config.rollup_days);
         let mut report = CompactReport::default();
         compact::series(self.store.as_ref(), raw_cut, rollup_cut, &mut report)?;
-        let (forgotten, alerts) =
-            self.drift.compact(now, u64::from(self.config.alerts_kept), keys::at(rollup_cut))?;
+        let (forgotten, alerts) = self.drift.compact(now, u64::from(self.config.alerts_kept), keys::at(rollup_cut))?;
         report.trackers_forgotten = forgotten;
         report.alerts_deleted = alerts;
         self.flush()?;
@@ -384,12 +391,7 @@ impl Ingest {
     }
 
     /// A device's events with a seq above `after`, oldest first, at most `limit`.
-    pub fn events(
-        &self,
-        device: &DeviceId,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, IngestError> {
+    pub fn events(&self, device: &DeviceId, after: Option<u64>, limit: usize) -> Result<Vec<StoredEvent>, IngestError> {
         events::list(self.store.as_ref(), device, after, limit)
     }
 

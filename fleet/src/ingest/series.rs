@@ -178,7 +178,9 @@ pub(crate) fn hourly(
     let prefix = keys::series(device, model);
     let (from, to) = range.ms();
     let mut out = Vec::new();
-    record::scan(store, ROLLUPS, &prefix, Some(keys::timed(&prefix, keys::hour_of(from))), |key, value| {
+    // Roll-up keys end with their hour, so the exclusive scan start is the millisecond before the first hour.
+    let start = keys::timed(&prefix, keys::hour_of(from).saturating_sub(1));
+    record::scan(store, ROLLUPS, &prefix, Some(start), |key, value| {
         if keys::time_after(key, prefix.len()).is_none_or(|t| t >= to) {
             return Ok(false);
         }
@@ -208,7 +210,7 @@ pub(crate) fn sum(
     for hour in hourly(store, device, model, range)? {
         let start = keys::ms(hour.hour);
         let end = start.saturating_add(HOUR_MS);
-        if (start >= from && end <= to) || (hour.raw_expired && start >= from) {
+        if start >= from && (end <= to || hour.raw_expired) {
             total.merge(&hour.rollup);
         } else if !hour.raw_expired {
             let edge = TimeRange::new(keys::at(from.max(start)), keys::at(to.min(end)));
