@@ -145,7 +145,8 @@ impl Ingest {
     }
 
     /// Handles one received message. `Ok` whether it was stored or dropped (see [`Ingested::outcome`]); `Err` only
-    /// when the store failed, in which case nothing was counted and the message may be delivered again.
+    /// when the store failed, in which case the message may be delivered again: it is stored and counted at most
+    /// once either way (a failure after its seq was marked makes the redelivery a duplicate).
     pub fn ingest(&self, topic: &str, payload: &[u8], received_at: OffsetDateTime) -> Result<Ingested, IngestError> {
         let (device, channel) = match topics::parse(topic) {
             Ok(parsed) => parsed,
