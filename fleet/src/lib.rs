@@ -5,6 +5,8 @@ pub mod api;
 pub mod broker;
 pub mod config;
 pub mod demo;
+pub mod drift;
+pub mod ingest;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod registry;
