@@ -19,6 +19,9 @@ pub struct FleetConfig {
     pub broker: BrokerConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    /// Retention, roll-ups, de-duplication and drift settings.
+    #[serde(default)]
+    pub ingest: crate::ingest::IngestConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

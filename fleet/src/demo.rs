@@ -86,6 +86,7 @@ async fn demo(args: &DemoArgs) -> Result<()> {
             ..Default::default()
         },
         http: crate::config::HttpConfig { listen: free_addr(args.port)?, public_url: None, public_mqtt_url: None },
+        ingest: Default::default(),
     };
     let fleet_stop = CancellationToken::new();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

@@ -317,6 +317,16 @@ impl Registry {
     }
 }
 
+impl crate::ingest::DeviceDirectory for Registry {
+    fn key(&self, device: &DeviceId) -> Option<DeviceKey> {
+        self.active_key(device)
+    }
+
+    fn tags(&self, device: &DeviceId) -> BTreeMap<String, String> {
+        Registry::tags(self, device)
+    }
+}
+
 fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, PublicUrls};
 use crate::config::FleetConfig;
+use crate::ingest::Ingest;
+use crate::mqtt::ClientConfig;
 use crate::registry::{self, Registry, Role};
 
 /// What a running fleet tells its caller (the demo, tests).
@@ -20,6 +22,45 @@ pub struct Running {
     pub mqtt: String,
     pub admin_token: String,
     pub registry: Registry,
+    pub ingest: Arc<Ingest>,
+    /// Sends commands to devices.
+    pub commands: crate::mqtt::Commands,
+}
+
+/// Feeds every received message to the ingest, on a blocking thread (the store is synchronous).
+fn ingest_loop(ingest: &Ingest, mut rx: tokio::sync::mpsc::Receiver<crate::mqtt::Incoming>) {
+    while let Some(m) = rx.blocking_recv() {
+        match ingest.ingest(&m.topic, &m.payload, time::OffsetDateTime::now_utc()) {
+            Ok(done) => {
+                for alert in &done.alerts {
+                    tracing::warn!(alert = ?alert, "drift alert");
+                }
+            }
+            Err(e) => tracing::error!(kind = e.kind(), error = %e, topic = %m.topic, "ingest failed"),
+        }
+    }
+}
+
+/// Makes ingest state durable every second and applies retention every ten minutes.
+async fn maintain(ingest: Arc<Ingest>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n = 0u64;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        n += 1;
+        let ingest = ingest.clone();
+        let compact = n % 600 == 0;
+        let result = tokio::task::spawn_blocking(move || {
+            if compact { ingest.compact(time::OffsetDateTime::now_utc()).map(|_| ()) } else { ingest.flush() }
+        })
+        .await;
+        if let Ok(Err(e)) = result {
+            tracing::warn!(error = %e, "ingest maintenance failed");
+        }
+    }
 }
 
 /// The admin token: read from `<state_dir>/admin.token`, or created there (0600) on first start.
@@ -52,10 +93,42 @@ pub async fn run(
     let registry = Registry::new(store.clone(), master);
     let admin = admin_token(&config, &registry)?;
 
-    if config.broker.embedded {
+    let ingest = Arc::new(
+        Ingest::open(store.clone(), Arc::new(registry.clone()), config.ingest.clone()).context("opening the ingest")?,
+    );
+
+    // The broker, and the fleet's own client on it.
+    let client = if config.broker.embedded {
         let embedded = crate::broker::start_embedded(&config.broker, registry.clone(), shutdown.clone()).await?;
         tracing::info!(v4 = %embedded.listen, v5 = %embedded.listen_v5, "embedded broker listening");
-    }
+        ClientConfig {
+            host: embedded.listen.ip().to_string(),
+            port: embedded.listen.port(),
+            client_id: format!("{}-ingest", embedded.internal.username),
+            username: embedded.internal.username.clone(),
+            password: embedded.internal.password.clone(),
+            shared_group: None,
+        }
+    } else {
+        let b = &config.broker;
+        let url = b.url.as_deref().context("broker.url")?;
+        let mut c = ClientConfig::from_url(
+            url,
+            &format!("outpost-fleet-{}", std::process::id()),
+            b.username.as_deref().unwrap_or("outpost-fleet"),
+            b.password.as_deref().unwrap_or_default(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        c.shared_group = b.shared_group.clone();
+        c
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4096);
+    let commands = crate::mqtt::start(client, tx, shutdown.clone());
+    let ingest_task = {
+        let ingest = ingest.clone();
+        tokio::task::spawn_blocking(move || ingest_loop(&ingest, rx))
+    };
+    let maintenance = tokio::spawn(maintain(ingest.clone(), shutdown.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
@@ -73,7 +146,13 @@ pub async fn run(
         }
         _ => None,
     };
-    let state = AppState { registry: registry.clone(), public: public.clone(), ready: ready_flag.clone(), mosquitto };
+    let state = AppState {
+        registry: registry.clone(),
+        ingest: ingest.clone(),
+        public: public.clone(),
+        ready: ready_flag.clone(),
+        mosquitto,
+    };
     state.refresh_mosquitto().map_err(|e| anyhow::anyhow!(e.message))?;
     let http = {
         let stop = shutdown.clone();
@@ -82,13 +161,21 @@ pub async fn run(
     };
     ready_flag.store(true, Ordering::Release);
     tracing::info!(api = %public.http, mqtt = %public.mqtt, "fleet ready");
-    ready(Running { http: http_addr, mqtt: public.mqtt.clone(), admin_token: admin, registry });
+    ready(Running { http: http_addr, mqtt: public.mqtt.clone(), admin_token: admin, registry, ingest: ingest.clone(), commands });
 
     shutdown.cancelled().await;
     ready_flag.store(false, Ordering::Release);
     let deadline = Duration::from_secs(config.shutdown_deadline_secs.max(1));
     if tokio::time::timeout(deadline, http).await.is_err() {
         tracing::warn!("the HTTP API did not stop within the deadline");
+    }
+    let _ = maintenance.await;
+    // The client's task ends with the shutdown and drops the sender, which ends the ingest loop.
+    if tokio::time::timeout(deadline, ingest_task).await.is_err() {
+        tracing::warn!("ingest did not finish within the deadline");
+    }
+    if let Err(e) = ingest.flush() {
+        tracing::warn!(error = %e, "ingest state not flushed");
     }
     let flushed = tokio::task::spawn_blocking(move || store.flush()).await;
     if !matches!(flushed, Ok(Ok(()))) {

@@ -3,6 +3,7 @@
 
 pub mod devices;
 pub mod openapi;
+pub mod telemetry;
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ pub const MAX_BODY: usize = 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub registry: Registry,
+    pub ingest: Arc<crate::ingest::Ingest>,
     /// How devices reach the fleet, written into enrollment configs.
     pub public: PublicUrls,
     pub ready: Arc<std::sync::atomic::AtomicBool>,
@@ -72,6 +74,12 @@ impl IntoResponse for ApiError {
             tracing::error!(code = self.code, message = %self.message, "request failed");
         }
         (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+    }
+}
+
+impl From<crate::ingest::IngestError> for ApiError {
+    fn from(e: crate::ingest::IngestError) -> ApiError {
+        ApiError::new(500, "ingest", e)
     }
 }
 
@@ -125,7 +133,7 @@ impl FromRequestParts<AppState> for Caller {
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> axum::Router {
     axum::Router::new()
-        .nest("/api/v1", devices::routes().route("/openapi.json", get(openapi::document)))
+        .nest("/api/v1", devices::routes().merge(telemetry::routes()).route("/openapi.json", get(openapi::document)))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .fallback(|| async { ApiError::new(404, "not_found", "no such endpoint") })
