@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::annotate::Label;
 
-use super::dataset::{Item, Output, json_bytes};
+use super::dataset::{Item, Output, json_bytes, tidy};
 use super::{ExportError, Split};
 
 /// The COCO document of one split.
@@ -38,13 +38,13 @@ pub(crate) fn document(
         let Some(Label::Detect { boxes }) = &item.label else { continue };
         for b in boxes {
             let Some(&class) = classes.get(b.class.as_str()) else { continue };
-            let [x1, y1, x2, y2] = b.bbox.map(f64::from);
-            let (w, h) = (x2 - x1, y2 - y1);
+            let [x1, y1, x2, y2] = b.bbox;
+            let (x, y, w, h) = (tidy(x1), tidy(y1), tidy(x2 - x1), tidy(y2 - y1));
             annotations.push(json!({
                 "id": *next_annotation,
                 "image_id": image_id,
                 "category_id": class + 1,
-                "bbox": [x1, y1, w, h],
+                "bbox": [x, y, w, h],
                 "area": w * h,
                 "iscrowd": 0,
                 "segmentation": [],

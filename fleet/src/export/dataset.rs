@@ -140,3 +140,23 @@ pub(crate) fn check_unique(names: &[String]) -> Result<(), ExportError> {
 pub(crate) fn json_bytes(value: &serde_json::Value, path: &str) -> Result<Vec<u8>, ExportError> {
     serde_json::to_vec_pretty(value).map_err(|e| ExportError::io(std::path::Path::new(path), std::io::Error::other(e)))
 }
+
+/// An `f32` as the `f64` of its shortest decimal form (`0.4`, not `0.4000000059604645`), for JSON outputs.
+pub(crate) fn tidy(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(f64::from(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tidy_keeps_the_shortest_decimal() {
+        assert_eq!(tidy(0.4), 0.4);
+        assert_eq!(tidy(60.092163), 60.092163);
+        assert_eq!(tidy(f32::NAN).is_nan(), true);
+        let names: Vec<String> = vec!["a".into(), "b".into(), "a".into()];
+        assert!(check_unique(&names).is_err());
+        assert_eq!(index(&names[..2]).get("b"), Some(&1));
+    }
+}

@@ -21,15 +21,16 @@ use crate::samples::Task;
 use outpost_common::manifest::Sha256Sum;
 use outpost_common::protocol::Prediction;
 
-use super::dataset::Item;
+use super::dataset::{Item, tidy};
 
 /// The control names the results and `label_config.xml` share.
 pub const IMAGE: &str = "image";
 pub const RECTANGLES: &str = "label";
 pub const CHOICES: &str = "choice";
 
+/// Pixels as percent of `of`, kept to 6 decimals (under 0.0001 px at 8K).
 fn percent(v: f64, of: u32) -> f64 {
-    (v / f64::from(of.max(1)) * 100.0).clamp(0.0, 100.0)
+    ((v / f64::from(of.max(1)) * 100.0).clamp(0.0, 100.0) * 1e6).round() / 1e6
 }
 
 fn rectangle(id: String, class: &str, bbox: &[f32; 4], width: u32, height: u32, score: Option<f32>) -> Value {
@@ -52,7 +53,7 @@ fn rectangle(id: String, class: &str, bbox: &[f32; 4], width: u32, height: u32, 
         },
     });
     if let (Some(score), Some(map)) = (score, region.as_object_mut()) {
-        map.insert("score".into(), json!(score));
+        map.insert("score".into(), json!(tidy(score)));
     }
     region
 }
@@ -66,7 +67,7 @@ fn choice(id: String, class: &str, score: Option<f32>) -> Value {
         "value": {"choices": [class]},
     });
     if let (Some(score), Some(map)) = (score, region.as_object_mut()) {
-        map.insert("score".into(), json!(score));
+        map.insert("score".into(), json!(tidy(score)));
     }
     region
 }
@@ -113,7 +114,7 @@ pub(crate) fn tasks(items: &[Item], base_url: &str) -> Value {
                 "result": prediction_result(record.task(), &meta.predictions, meta.width, meta.height),
             });
             if let (Some(score), Some(map)) = (meta.confidence.headline(), prediction.as_object_mut()) {
-                map.insert("score".into(), json!(score));
+                map.insert("score".into(), json!(tidy(score)));
             }
             let mut task = json!({
                 "data": {
