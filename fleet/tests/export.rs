@@ -15,6 +15,9 @@ use support::{CLASSIFIER, DETECTOR, Fleet, Frame, NAMES, T0, classifier_meta, de
 
 const RATIO: f64 = 0.3;
 
+/// A YOLO label line: class and normalised `[cx, cy, w, h]`.
+type YoloBox = (usize, [f64; 4]);
+
 /// A fleet with `frames` uploaded by three devices, claimed by one annotator, and the first `labelled` of them
 /// labelled with their ground truth.
 async fn labelled_fleet(frames: &[Frame], labelled: usize, config: QueueConfig) -> Fleet {
@@ -36,7 +39,7 @@ fn query(format: Format, out: &Path) -> ExportQuery {
 /// Checks a YOLO detection dataset against the format: `data.yaml` (absolute `path`, `train`, `val`, `names`),
 /// every image with a label file and every label file with an image, every line `class cx cy w h` with the class
 /// in range and the box inside 0..1. Returns each split's label lines by file stem.
-fn check_yolo(root: &Path, names: &[&str]) -> BTreeMap<(Split, String), Vec<(usize, [f64; 4])>> {
+fn check_yolo(root: &Path, names: &[&str]) -> BTreeMap<(Split, String), Vec<YoloBox>> {
     let text = std::fs::read_to_string(root.join("data.yaml")).expect("data.yaml");
     let docs = yaml_rust2::YamlLoader::load_from_str(&text).expect("data.yaml is YAML");
     let doc = &docs[0];
@@ -90,7 +93,7 @@ fn check_yolo(root: &Path, names: &[&str]) -> BTreeMap<(Split, String), Vec<(usi
 }
 
 /// The fixture's own YOLO label lines for `frame` (the ground truth the labels were made from).
-fn fixture_lines(frame: &Frame) -> Vec<(usize, [f64; 4])> {
+fn fixture_lines(frame: &Frame) -> Vec<YoloBox> {
     frame
         .truth
         .iter()

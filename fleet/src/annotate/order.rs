@@ -45,7 +45,7 @@ pub fn plan<T>(candidates: Vec<Candidate<T>>, last_served: &HashMap<Bucket, u64>
     let mut queues: Vec<(u64, u32, Bucket, VecDeque<Candidate<T>>)> = buckets
         .into_iter()
         .map(|(bucket, mut list)| {
-            list.sort_by(|a, b| (a.rank, a.sample).cmp(&(b.rank, b.sample)));
+            list.sort_by_key(|c| (c.rank, c.sample));
             let head = list.first().map_or(u32::MAX, |c| c.rank);
             let served = last_served.get(&bucket).copied().unwrap_or(0);
             (served, head, bucket, VecDeque::from(list))

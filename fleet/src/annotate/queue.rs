@@ -166,7 +166,15 @@ impl Queue {
                 };
                 // No state yet: an intake is between its index write and its state write.
                 if let Some(old) = self.store().get(STATE, &sample.0)? {
-                    let state = SampleState::decode(&old)?;
+                    let state = match SampleState::decode(&old) {
+                        Ok(state) => state,
+                        Err(e) => {
+                            // One bad record must not stop every claim; counts and exports still report it.
+                            tracing::warn!(sample = %sample, error = %e, "unreadable sample state skipped");
+                            after = Some(key);
+                            continue;
+                        }
+                    };
                     if state.is_final() {
                         self.store().remove(QUEUE, &key)?;
                     } else if state.claimable_by(annotator, now) {

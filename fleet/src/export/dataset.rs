@@ -154,7 +154,7 @@ mod tests {
     fn tidy_keeps_the_shortest_decimal() {
         assert_eq!(tidy(0.4), 0.4);
         assert_eq!(tidy(60.092163), 60.092163);
-        assert_eq!(tidy(f32::NAN).is_nan(), true);
+        assert!(tidy(f32::NAN).is_nan());
         let names: Vec<String> = vec!["a".into(), "b".into(), "a".into()];
         assert!(check_unique(&names).is_err());
         assert_eq!(index(&names[..2]).get("b"), Some(&1));

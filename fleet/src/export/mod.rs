@@ -316,7 +316,7 @@ pub fn import_label_studio(
             report.without_annotation += 1;
             continue;
         };
-        match import_task(queue, &task, annotation, importer, now) {
+        match import_task(queue, &task, annotation, importer, now)? {
             Ok(()) => report.imported += 1,
             Err(reason) => report.refused.push(ImportRefusal { task: name, reason }),
         }
@@ -331,10 +331,20 @@ fn import_task(
     annotation: &label_studio::LsAnnotation,
     importer: &str,
     now: OffsetDateTime,
-) -> Result<(), String> {
-    let sample = task.sample()?;
-    let record =
-        queue.samples().get(&sample).map_err(|e| e.to_string())?.ok_or_else(|| format!("no sample {sample}"))?;
-    let label = label_studio::to_label(annotation, record.task(), record.meta.width, record.meta.height)?;
-    queue.import_label(&sample, label, importer, now).map(|_| ()).map_err(|e| e.to_string())
+) -> Result<Result<(), String>, ExportError> {
+    // The task's own faults are refusals (`Ok(Err(reason))`); the fleet's (store, object store) end the import.
+    let sample = match task.sample() {
+        Ok(sample) => sample,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let Some(record) = queue.samples().get(&sample)? else { return Ok(Err(format!("no sample {sample}"))) };
+    let label = match label_studio::to_label(annotation, record.task(), record.meta.width, record.meta.height) {
+        Ok(label) => label,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    match queue.import_label(&sample, label, importer, now) {
+        Ok(_) => Ok(Ok(())),
+        Err(e) if e.kind() == crate::error::ErrorKind::Internal => Err(e.into()),
+        Err(e) => Ok(Err(e.to_string())),
+    }
 }
