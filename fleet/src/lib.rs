@@ -2,12 +2,16 @@
 //! dataset exports. The binaries (`outpost-fleet`, `outpost`) are thin layers over it.
 
 pub mod api;
+pub mod annotate;
 pub mod broker;
 pub mod config;
 pub mod demo;
 pub mod drift;
+pub mod error;
+pub mod export;
 pub mod ingest;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod registry;
+pub mod samples;
 pub mod serve;
