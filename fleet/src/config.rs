@@ -22,6 +22,17 @@ pub struct FleetConfig {
     /// Retention, roll-ups, de-duplication and drift settings.
     #[serde(default)]
     pub ingest: crate::ingest::IngestConfig,
+    #[serde(default)]
+    pub annotation: AnnotationConfig,
+}
+
+/// `[annotation]`: the queue, and each model's class names (until the model registry provides them).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnnotationConfig {
+    pub queue: crate::annotate::QueueConfig,
+    /// Class names by model name, in class-id order: what labels may name.
+    pub labels: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

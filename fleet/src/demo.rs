@@ -65,6 +65,14 @@ fn demo_agent(
     Ok(toml)
 }
 
+/// The class names the model's own metadata declares.
+fn model_labels(path: &Path) -> Result<Vec<String>> {
+    let rt = outpost_common::vision::engine::Runtime::init(None)?;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let vision = outpost_common::vision::Vision::load(rt, &bytes, Default::default())?;
+    Ok(vision.spec().labels.clone())
+}
+
 pub fn run(args: &DemoArgs) -> Result<()> {
     for (_, _, set) in DEVICES {
         let dir = args.frames.join(set).join("images");
@@ -87,6 +95,10 @@ async fn demo(args: &DemoArgs) -> Result<()> {
         },
         http: crate::config::HttpConfig { listen: free_addr(args.port)?, public_url: None, public_mqtt_url: None },
         ingest: Default::default(),
+        annotation: crate::config::AnnotationConfig {
+            labels: [("defect".to_string(), model_labels(&args.model)?)].into(),
+            ..Default::default()
+        },
     };
     let fleet_stop = CancellationToken::new();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

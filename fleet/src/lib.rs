@@ -1,8 +1,8 @@
 //! The Outpost fleet service as a library: telemetry ingest and drift, sample intake and the annotators' queue,
 //! dataset exports. The binaries (`outpost-fleet`, `outpost`) are thin layers over it.
 
-pub mod api;
 pub mod annotate;
+pub mod api;
 pub mod broker;
 pub mod config;
 pub mod demo;

@@ -27,6 +27,23 @@ pub struct Running {
     pub commands: crate::mqtt::Commands,
 }
 
+/// Sites from the registry's `site=` tags, class names from the configuration.
+#[derive(Debug)]
+struct FleetCatalog {
+    registry: Registry,
+    labels: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl crate::annotate::Catalog for FleetCatalog {
+    fn site(&self, device: &str) -> Option<String> {
+        self.registry.device(device).ok().and_then(|d| d.tags.get("site").cloned())
+    }
+
+    fn labels(&self, model: &outpost_common::protocol::ModelRef) -> Option<Vec<String>> {
+        self.labels.get(&model.name).cloned()
+    }
+}
+
 /// Feeds every received message to the ingest, on a blocking thread (the store is synchronous).
 fn ingest_loop(ingest: &Ingest, mut rx: tokio::sync::mpsc::Receiver<crate::mqtt::Incoming>) {
     while let Some(m) = rx.blocking_recv() {
@@ -146,9 +163,22 @@ pub async fn run(
         }
         _ => None,
     };
+    let blobs = crate::samples::local_dir(&config.state_dir.join("blobs")).context("opening the image store")?;
+    let samples = crate::samples::Samples::new(store.clone(), blobs, crate::samples::IntakeLimits::default());
+    let catalog = Arc::new(FleetCatalog { registry: registry.clone(), labels: config.annotation.labels.clone() });
+    let queue = Arc::new(crate::annotate::Queue::new(samples.clone(), catalog, config.annotation.queue.clone()));
+    {
+        let queue = queue.clone();
+        let rebuilt = tokio::task::spawn_blocking(move || queue.rebuild_indexes(time::OffsetDateTime::now_utc())).await;
+        if let Ok(Err(e)) = rebuilt {
+            tracing::warn!(error = %e, "annotation indexes not rebuilt");
+        }
+    }
     let state = AppState {
         registry: registry.clone(),
         ingest: ingest.clone(),
+        samples,
+        queue,
         public: public.clone(),
         ready: ready_flag.clone(),
         mosquitto,
@@ -161,7 +191,14 @@ pub async fn run(
     };
     ready_flag.store(true, Ordering::Release);
     tracing::info!(api = %public.http, mqtt = %public.mqtt, "fleet ready");
-    ready(Running { http: http_addr, mqtt: public.mqtt.clone(), admin_token: admin, registry, ingest: ingest.clone(), commands });
+    ready(Running {
+        http: http_addr,
+        mqtt: public.mqtt.clone(),
+        admin_token: admin,
+        registry,
+        ingest: ingest.clone(),
+        commands,
+    });
 
     shutdown.cancelled().await;
     ready_flag.store(false, Ordering::Release);

@@ -1,6 +1,7 @@
 //! The HTTP API, `/api/v1`: bearer-token authentication, one role check per endpoint, JSON errors with stable
 //! codes, body limits. Handlers are thin: they check the caller and call the library.
 
+pub mod annotate;
 pub mod devices;
 pub mod openapi;
 pub mod telemetry;
@@ -25,6 +26,8 @@ pub const MAX_BODY: usize = 1024 * 1024;
 pub struct AppState {
     pub registry: Registry,
     pub ingest: Arc<crate::ingest::Ingest>,
+    pub samples: crate::samples::Samples,
+    pub queue: Arc<crate::annotate::Queue>,
     /// How devices reach the fleet, written into enrollment configs.
     pub public: PublicUrls,
     pub ready: Arc<std::sync::atomic::AtomicBool>,
@@ -132,8 +135,15 @@ impl FromRequestParts<AppState> for Caller {
 
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> axum::Router {
+    let max_upload = state.samples.limits().max_image_bytes.saturating_add(64 * 1024);
     axum::Router::new()
-        .nest("/api/v1", devices::routes().merge(telemetry::routes()).route("/openapi.json", get(openapi::document)))
+        .nest(
+            "/api/v1",
+            devices::routes()
+                .merge(telemetry::routes())
+                .merge(annotate::routes(max_upload))
+                .route("/openapi.json", get(openapi::document)),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .fallback(|| async { ApiError::new(404, "not_found", "no such endpoint") })
