@@ -1,0 +1,235 @@
+//! The fleet with three enrolled agents on its embedded broker: devices show online, their windows are stored with
+//! frame counts equal to what they processed, a stopped agent shows offline, flagged samples arrive in the
+//! annotators' queue, two annotators never get the same sample, and labels come out in an export.
+//!
+//! The fleet is the real `outpost-fleet serve` process; the agents are `outpost_agent::app::run` (the code behind
+//! `outpost-agent run`) in this test process, each with the config enrollment wrote for it.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use outpost_agent::config::AgentConfig;
+use outpost_tests::broker::free_port;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+struct Fleet {
+    child: Child,
+    base: String,
+    admin: String,
+    dir: PathBuf,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn val_images() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("tests/fixtures/images/defect-val/images"))
+        .expect("fixtures")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    files
+}
+
+async fn start_fleet(dir: &Path) -> Fleet {
+    let (http, v4, v5) = (free_port().expect("port"), free_port().expect("port"), free_port().expect("port"));
+    let config = format!(
+        "state_dir = {:?}\n[broker]\nlisten = \"127.0.0.1:{v4}\"\nlisten_v5 = \"127.0.0.1:{v5}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n\
+         [annotation.labels]\ndefect = [\"scratch\", \"dent\", \"stain\"]\n",
+        dir.join("fleet")
+    );
+    std::fs::write(dir.join("fleet.toml"), config).expect("config");
+    let child = Command::new(env!("CARGO_BIN_EXE_outpost-fleet"))
+        .args(["serve", "--config"])
+        .arg(dir.join("fleet.toml"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("fleet.log")).expect("log"))
+        .spawn()
+        .expect("outpost-fleet starts");
+    let base = format!("http://127.0.0.1:{http}");
+    let deadline = Instant::now() + WAIT;
+    while !reqwest::get(format!("{base}/readyz")).await.is_ok_and(|r| r.status() == 200) {
+        assert!(Instant::now() < deadline, "fleet not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let admin = std::fs::read_to_string(dir.join("fleet/admin.token")).expect("admin token").trim().to_string();
+    Fleet { child, base, admin, dir: dir.to_path_buf() }
+}
+
+impl Fleet {
+    async fn call(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+        let client = reqwest::Client::new();
+        let mut request = client.request(method, format!("{}/api/v1{path}", self.base)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("answer");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn wait_for(&self, what: &str, path: &str, condition: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (status, body) = self.call(reqwest::Method::GET, path, &self.admin, None).await;
+            if status == 200 && condition(&body) {
+                return body;
+            }
+            let log = std::fs::read_to_string(self.dir.join("fleet.log")).unwrap_or_default();
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {body}\n{log}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn device<'a>(devices: &'a Value, name: &str) -> &'a Value {
+    devices.as_array().and_then(|a| a.iter().find(|d| d["id"] == name)).unwrap_or(&Value::Null)
+}
+
+fn frames(devices: &Value, name: &str) -> u64 {
+    device(devices, name)["seen"]["totals"]["frames"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_agents_report_to_the_fleet_and_their_samples_reach_annotators() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let fleet = start_fleet(tmp.path()).await;
+    let images = val_images();
+    let feeds = [
+        ("line-a", "plant-a", &images[..10]),
+        ("line-b", "plant-a", &images[10..25]),
+        ("line-c", "plant-b", &images[25..45]),
+    ];
+
+    let stops: Vec<CancellationToken> = feeds.iter().map(|_| CancellationToken::new()).collect();
+    let mut agents = Vec::new();
+    for ((name, site, files), stop) in feeds.iter().zip(&stops) {
+        let (status, enrolled) = fleet
+            .call(reqwest::Method::POST, "/devices", &fleet.admin, Some(json!({"name": name, "tags": {"site": site}})))
+            .await;
+        assert_eq!(status, 200, "{enrolled}");
+        let folder = tmp.path().join(name).join("frames");
+        std::fs::create_dir_all(&folder).expect("folder");
+        for f in files.iter() {
+            std::fs::copy(f, folder.join(f.file_name().expect("name"))).expect("copy");
+        }
+        let mut toml = enrolled["agent_config"].as_str().expect("config").to_string();
+        toml = toml.replace("/var/lib/outpost-agent", &tmp.path().join(name).join("state").display().to_string());
+        toml.push_str(&format!(
+            "\n[telemetry]\nwindow_secs = 1\n[metrics]\nlisten = \"127.0.0.1:0\"\n[runtime]\nthreads = 1\n\
+             [[models]]\nname = \"defect\"\nversion = 1\npath = {:?}\n\
+             [[cameras]]\nname = \"cam\"\nmodel = \"defect\"\nsource = {{ kind = \"dir\", path = {folder:?}, settle_ms = 0 }}\n\
+             [cameras.flagging]\nband = {{ low = 0.25, high = 0.5 }}\nrate = {{}}\ndedup = {{ enabled = false }}\n",
+            root().join("models/zoo/defect-yolo11n-320.onnx")
+        ));
+        let config = AgentConfig::parse(&toml, Path::new("agent.toml")).expect("parses").validate().expect("valid");
+        agents.push(tokio::spawn(outpost_agent::app::run(config, stop.clone())));
+    }
+
+    // Online, and every frame counted once in the stored windows.
+    let devices = fleet
+        .wait_for("all frames in stored windows", "/fleet/devices", |d| {
+            feeds
+                .iter()
+                .all(|(name, _, files)| device(d, name)["online"] == true && frames(d, name) == files.len() as u64)
+        })
+        .await;
+    assert_eq!(devices.as_array().map(Vec::len), Some(3));
+    let (_, windows) = fleet
+        .call(reqwest::Method::GET, "/fleet/devices/line-b/windows?model=defect&version=1", &fleet.admin, None)
+        .await;
+    let stored: u64 =
+        windows.as_array().expect("windows").iter().map(|w| w["window"]["frames"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(stored, 15, "line-b's windows add up to its 15 frames: {windows}");
+
+    // Stopping an agent shows it offline (its clean shutdown publishes the offline status).
+    stops[0].cancel();
+    fleet.wait_for("line-a offline", "/fleet/devices", |d| device(d, "line-a")["online"] == false).await;
+
+    // Flagged samples arrive; two annotators claiming at once never share one.
+    let counts = fleet
+        .wait_for("samples in the queue", "/annotate/counts?model=defect", |c| c["queued"].as_u64().unwrap_or(0) >= 4)
+        .await;
+    let queued = counts["queued"].as_u64().unwrap_or(0);
+    let mut tokens = Vec::new();
+    for who in ["ann-1", "ann-2"] {
+        let (_, t) = fleet
+            .call(reqwest::Method::POST, "/users", &fleet.admin, Some(json!({"name": who, "role": "annotator"})))
+            .await;
+        tokens.push(t["token"].as_str().expect("token").to_string());
+    }
+    let claim = |token: String| {
+        let base = fleet.base.clone();
+        tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .post(format!("{base}/api/v1/annotate/claim"))
+                .bearer_auth(token)
+                .json(&json!({"model": "defect", "count": 100}))
+                .send()
+                .await
+                .expect("answer");
+            r.json::<Value>().await.expect("json")
+        })
+    };
+    let (a, b) = (claim(tokens[0].clone()), claim(tokens[1].clone()));
+    let (a, b) = (a.await.expect("claim"), b.await.expect("claim"));
+    let ids = |v: &Value| -> BTreeSet<String> {
+        v.as_array().expect("claimed").iter().map(|s| s["sample"].as_str().expect("id").to_string()).collect()
+    };
+    let (ia, ib) = (ids(&a), ids(&b));
+    assert!(ia.is_disjoint(&ib), "no sample handed to both annotators");
+    assert_eq!(ia.len() + ib.len(), queued as usize, "every queued sample claimed once");
+
+    // A label through the API comes out in a YOLO export.
+    let (first, token) =
+        if ia.is_empty() { (ib.iter().next().cloned(), &tokens[1]) } else { (ia.iter().next().cloned(), &tokens[0]) };
+    let first = first.expect("a claimed sample");
+    let label = json!({"kind": "detect", "boxes": [{"class": "scratch", "bbox": [10.0, 10.0, 60.0, 50.0]}]});
+    let (status, body) =
+        fleet.call(reqwest::Method::POST, &format!("/annotate/samples/{first}/label"), token, Some(label)).await;
+    assert_eq!(status, 200, "{body}");
+    let out = tmp.path().join("export-yolo");
+    let (status, report) = fleet
+        .call(
+            reqwest::Method::POST,
+            "/exports",
+            &fleet.admin,
+            Some(json!({"model": "defect", "format": "yolo", "out_dir": out})),
+        )
+        .await;
+    assert_eq!(status, 200, "{report}");
+    let yaml = std::fs::read_to_string(out.join("data.yaml")).expect("data.yaml");
+    assert!(yaml.contains("scratch"), "{yaml}");
+    let labels: Vec<PathBuf> = ["train", "val"]
+        .iter()
+        .flat_map(|s| std::fs::read_dir(out.join("labels").join(s)).into_iter().flatten().flatten().map(|e| e.path()))
+        .collect();
+    assert_eq!(labels.len(), 1, "one labelled sample");
+    let line = std::fs::read_to_string(&labels[0]).expect("label file");
+    assert!(line.starts_with("0 "), "class 0 = scratch: {line}");
+
+    for stop in &stops {
+        stop.cancel();
+    }
+    for a in agents {
+        tokio::time::timeout(Duration::from_secs(20), a)
+            .await
+            .expect("agent stops")
+            .expect("no panic")
+            .expect("clean exit");
+    }
+}
