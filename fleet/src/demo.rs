@@ -1,6 +1,7 @@
 //! `outpost-fleet demo`: the fleet with its embedded broker and store, three agents enrolled automatically and run
-//! in this process on the bundled frames (two on a normal line, one after a lighting drift), the API's URL and an
-//! admin token printed; until Ctrl-C (or `--seconds`), after which nothing keeps running and a summary is printed.
+//! in this process on the bundled frames (two on a normal line, one whose lighting drifts after its normal frames),
+//! the API's URL and an admin token printed; until Ctrl-C (or `--seconds`), after which nothing keeps running and a
+//! summary is printed.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,12 +33,26 @@ pub struct DemoArgs {
     pub fps: f64,
 }
 
-/// The three demo devices: name, site tag, frame set.
-const DEVICES: [(&str, &str, &str); 3] = [
-    ("demo-cam-1", "plant-a", "defect-val"),
-    ("demo-cam-2", "plant-a", "defect-val"),
-    ("demo-cam-3", "plant-b", "defect-drift"),
+/// The three demo devices: name, site tag, frame sets played in turn (then looped).
+const DEVICES: [(&str, &str, &[&str]); 3] = [
+    ("demo-cam-1", "plant-a", &["defect-val"]),
+    ("demo-cam-2", "plant-a", &["defect-val"]),
+    ("demo-cam-3", "plant-b", &["defect-val", "defect-drift"]),
 ];
+
+/// A folder with the frames of `sets` in order (copied, prefixed so the replay's name order plays them in turn).
+fn frames_folder(frames: &Path, sets: &[&str], dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    for (i, set) in sets.iter().enumerate() {
+        for entry in std::fs::read_dir(frames.join(set).join("images"))? {
+            let path = entry?.path();
+            if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                std::fs::copy(&path, dir.join(format!("{i}-{name}")))?;
+            }
+        }
+    }
+    Ok(dir.to_path_buf())
+}
 
 fn free_addr(preferred: u16) -> Result<std::net::SocketAddr> {
     let try_bind = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).and_then(|l| l.local_addr());
@@ -74,7 +89,7 @@ fn model_labels(path: &Path) -> Result<Vec<String>> {
 }
 
 pub fn run(args: &DemoArgs) -> Result<()> {
-    for (_, _, set) in DEVICES {
+    for set in DEVICES.iter().flat_map(|d| d.2.iter()) {
         let dir = args.frames.join(set).join("images");
         anyhow::ensure!(dir.is_dir(), "no bundled frames in {} (see --frames)", dir.display());
     }
@@ -112,8 +127,8 @@ async fn demo(args: &DemoArgs) -> Result<()> {
 
     let agents_stop = CancellationToken::new();
     let mut agents = Vec::new();
-    for (name, site, set) in DEVICES {
-        let frames = args.frames.join(set).join("images");
+    for (name, site, sets) in DEVICES {
+        let frames = frames_folder(&args.frames, sets, &state.path().join("frames").join(name))?;
         let toml = demo_agent(&running, name, site, &frames, args, &state.path().join("agents"))?;
         let path = state.path().join(format!("{name}.agent.toml"));
         let config = AgentConfig::parse(&toml, &path)?.validate()?;
@@ -151,6 +166,22 @@ async fn demo(args: &DemoArgs) -> Result<()> {
 
 /// What the fleet saw, for the last lines of the demo.
 fn summary(running: &Running) -> String {
-    let devices = running.registry.list().map(|d| d.len()).unwrap_or(0);
-    format!("{devices} devices were enrolled.")
+    let mut out = String::from("What the fleet saw:\n");
+    for (name, site, sets) in DEVICES {
+        let set = sets.join("+");
+        let view =
+            outpost_common::topics::DeviceId::new(name).ok().and_then(|id| running.ingest.device(&id).ok().flatten());
+        let (frames, flagged) = view.as_ref().map_or((0, 0), |v| (v.totals.frames, v.totals.flagged));
+        out.push_str(&format!("  {name:<11} site={site:<8} {set:<24} {frames:>5} frames {flagged:>4} flagged\n"));
+    }
+    let alerts = running.ingest.drift_alerts(None, 100).unwrap_or_default();
+    if alerts.is_empty() {
+        out.push_str(
+            "  no drift alert yet (drift is judged against a baseline learned from each version's first frames)\n",
+        );
+    }
+    for a in alerts {
+        out.push_str(&format!("  drift alert: {}\n", serde_json::to_string(&a).unwrap_or_default()));
+    }
+    out
 }

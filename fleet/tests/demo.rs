@@ -18,4 +18,13 @@ fn demo_runs_a_fleet_with_three_agents_and_stops_cleanly() {
         assert!(stdout.contains(device), "{device} in: {stdout}");
     }
     assert!(!stderr.contains("panicked"), "{stderr}");
+    // The summary: every device's frames reached the fleet.
+    for device in ["demo-cam-1", "demo-cam-2", "demo-cam-3"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(device) && l.contains("frames"))
+            .unwrap_or_else(|| panic!("no summary line for {device}: {stdout}"));
+        let frames: u64 = line.split_whitespace().rev().nth(3).and_then(|v| v.parse().ok()).unwrap_or(0);
+        assert!(frames > 0, "{device} reported frames: {line}");
+    }
 }
