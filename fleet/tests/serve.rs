@@ -22,7 +22,12 @@ impl Drop for Fleet {
 }
 
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().expect("client")
+    // No connection reuse: a server refusing an oversized body closes the connection while the body is still sent.
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client")
 }
 
 fn start() -> Fleet {
@@ -162,6 +167,20 @@ fn each_role_is_refused_what_it_may_not_do_and_bad_requests_are_4xx() {
     let doc: serde_json::Value = c.get(url("/openapi.json")).send().expect("answer").json().expect("json");
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["paths"]["/devices"]["post"]["x-outpost-role"] == "admin");
+    for path in ["/fleet/devices", "/drift", "/samples/{sha256}", "/annotate/claim", "/exports", "/users"] {
+        assert!(doc["paths"][path].is_object(), "{path} documented");
+    }
+    // Every documented operation states its role, and a token without it is refused.
+    let annotator_claim =
+        c.post(url("/annotate/claim")).bearer_auth(&operator).json(&serde_json::json!({"model": "m"}));
+    assert_eq!(status(annotator_claim), 200, "operators may do what annotators do");
+    assert_eq!(
+        status(c.post(url("/annotate/claim")).bearer_auth(&device).json(&serde_json::json!({"model": "m"}))),
+        403
+    );
+    let export = serde_json::json!({"model": "m", "format": "yolo", "out_dir": fleet.dir.path().join("x")});
+    assert_eq!(status(c.post(url("/exports")).bearer_auth(&annotator).json(&export)), 403);
+    assert_eq!(status(c.put(url("/samples/00")).bearer_auth(&annotator)), 403, "only devices upload");
 }
 
 #[test]

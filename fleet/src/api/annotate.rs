@@ -61,11 +61,15 @@ async fn upload(
     State(state): State<AppState>,
     caller: Caller,
     Path(sample): Path<String>,
-    mut form: Multipart,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    // The role first, then the body: a caller that may not upload learns nothing about the body's shape.
     let Principal::Device(device) = &caller.0 else {
         return Err(ApiError::new(403, "forbidden", "only devices upload samples"));
     };
+    let mut form = <Multipart as axum::extract::FromRequest<()>>::from_request(request, &())
+        .await
+        .map_err(|e| ApiError::new(e.status().as_u16(), "bad_multipart", e.body_text()))?;
     let (mut meta, mut image): (Option<Bytes>, Option<Bytes>) = (None, None);
     loop {
         let field = match form.next_field().await {

@@ -33,6 +33,28 @@ pub fn spec() -> Value {
             },
             "/devices/{id}": {"get": op("One device", "operator", None)},
             "/devices/{id}/revoke": {"post": op("Revoke a device: no more connections, uploads or trusted messages", "admin", None)},
+            "/fleet/devices": {"get": op("Devices with their online state, last status and totals from telemetry", "operator", None)},
+            "/fleet/devices/{id}/windows": {"get": op("Stored window summaries of a device for one model version (?model=&version=&from=&to=&limit=)", "operator", None)},
+            "/drift": {"get": op("Drift status per model version and tag group (?model=&version=)", "operator", None)},
+            "/drift/alerts": {"get": op("Drift alerts, oldest first (?after=&limit=)", "operator", None)},
+            "/ingest": {"get": op("Messages accepted and dropped, by reason", "operator", None)},
+            "/samples/{sha256}": {"put": {
+                "summary": "Upload a flagged sample: multipart `meta` (SampleMeta JSON) and `image` (docs/PROTOCOL.md)",
+                "x-outpost-role": "device",
+                "security": [{"bearer": []}],
+                "responses": {"200": {"description": "already stored"}, "201": {"description": "stored"},
+                    "413": {"$ref": "#/components/responses/Error"}, "422": {"$ref": "#/components/responses/Error"}}
+            }},
+            "/annotate/claim": {"post": op("Claim up to `count` samples of `model` (least confident first, balanced over classes and sites)", "annotator", Some("#/components/schemas/ClaimRequest"))},
+            "/annotate/counts": {"get": op("Samples per state (?model=)", "annotator", None)},
+            "/annotate/samples/{sha256}": {"get": op("A sample with its pre-annotations and state", "annotator", None)},
+            "/annotate/samples/{sha256}/image": {"get": op("The sample's image, as the camera encoded it", "annotator", None)},
+            "/annotate/samples/{sha256}/label": {"post": op("Label a claimed sample: {kind: classify, class} or {kind: detect, boxes: [{class, bbox}]}", "annotator", None)},
+            "/annotate/samples/{sha256}/skip": {"post": op("Give a claimed sample back", "annotator", None)},
+            "/annotate/samples/{sha256}/reject": {"post": op("Reject a claimed sample as unusable ({reason})", "annotator", None)},
+            "/annotate/samples/{sha256}/review": {"post": op("Accept a label or send it back ({decision: accept} | {decision: send_back, note})", "operator", None)},
+            "/exports": {"post": op("Export labelled samples (yolo, coco, imagenet, label-studio) into a folder on the fleet's machine", "operator", None)},
+            "/imports/label-studio": {"post": op("Apply a Label Studio JSON export as labels", "operator", None)},
             "/users": {"post": op("Create an API token for a user with a role (annotator, operator, admin)", "admin", Some("#/components/schemas/UserRequest"))},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OK"}}}}
         },
@@ -47,6 +69,12 @@ pub fn spec() -> Value {
                         "name": {"type": "string"},
                         "tags": {"type": "object", "additionalProperties": {"type": "string"}}
                     }
+                },
+                "ClaimRequest": {
+                    "type": "object",
+                    "required": ["model"],
+                    "additionalProperties": false,
+                    "properties": {"model": {"type": "string"}, "count": {"type": "integer", "minimum": 1}}
                 },
                 "UserRequest": {
                     "type": "object",
