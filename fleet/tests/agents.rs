@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use outpost_agent::config::AgentConfig;
-use outpost_tests::broker::free_port;
+use outpost_tests::broker::{Mosquitto, MosquittoOptions, free_port};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -44,11 +44,17 @@ fn val_images() -> Vec<PathBuf> {
     files
 }
 
-async fn start_fleet(dir: &Path) -> Fleet {
+/// Starts `outpost-fleet serve`: on its embedded broker, or on the external broker at `external` (an MQTT URL).
+async fn start_fleet(dir: &Path, external: Option<&str>) -> Fleet {
     let (http, v4, v5) = (free_port().expect("port"), free_port().expect("port"), free_port().expect("port"));
+    let broker = match external {
+        None => format!("[broker]\nlisten = \"127.0.0.1:{v4}\"\nlisten_v5 = \"127.0.0.1:{v5}\"\n"),
+        Some(url) => format!(
+            "[broker]\nembedded = false\nurl = \"{url}\"\nusername = \"outpost-fleet\"\npassword = \"x\"\nshared_group = \"fleet\"\n"
+        ),
+    };
     let config = format!(
-        "state_dir = {:?}\n[broker]\nlisten = \"127.0.0.1:{v4}\"\nlisten_v5 = \"127.0.0.1:{v5}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n\
-         [annotation.labels]\ndefect = [\"scratch\", \"dent\", \"stain\"]\n",
+        "state_dir = {:?}\n{broker}[http]\nlisten = \"127.0.0.1:{http}\"\n[annotation.labels]\ndefect = [\"scratch\", \"dent\", \"stain\"]\n",
         dir.join("fleet")
     );
     std::fs::write(dir.join("fleet.toml"), config).expect("config");
@@ -105,9 +111,19 @@ fn frames(devices: &Value, name: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_agents_report_to_the_fleet_and_their_samples_reach_annotators() {
+    scenario(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_through_mosquitto_as_the_external_broker() {
+    let broker = Mosquitto::start(MosquittoOptions::default()).expect("mosquitto starts");
+    scenario(Some(&broker.url())).await;
+}
+
+async fn scenario(external: Option<&str>) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let fleet = start_fleet(tmp.path()).await;
+    let fleet = start_fleet(tmp.path(), external).await;
     let images = val_images();
     let feeds = [
         ("line-a", "plant-a", &images[..10]),
