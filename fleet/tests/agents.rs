@@ -172,6 +172,10 @@ async fn scenario(external: Option<&str>) {
         windows.as_array().expect("windows").iter().map(|w| w["window"]["frames"].as_u64().unwrap_or(0)).sum();
     assert_eq!(stored, 15, "line-b's windows add up to its 15 frames: {windows}");
 
+    let metrics = reqwest::get(format!("{}/metrics", fleet.base)).await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("outpost_fleet_devices{state=\"online\"} 3"), "{metrics}");
+    assert!(metrics.contains("outpost_fleet_messages_accepted_total"), "{metrics}");
+
     // Stopping an agent shows it offline (its clean shutdown publishes the offline status).
     stops[0].cancel();
     fleet.wait_for("line-a offline", "/fleet/devices", |d| device(d, "line-a")["online"] == false).await;

@@ -145,6 +145,7 @@ pub fn router(state: AppState) -> axum::Router {
                 .route("/openapi.json", get(openapi::document)),
         )
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route("/readyz", get(ready))
         .fallback(|| async { ApiError::new(404, "not_found", "no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -172,4 +173,29 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
             Err(e) => Err(ApiError::new(e.status().as_u16(), "bad_request", e.body_text())),
         }
     }
+}
+
+/// `/metrics`, Prometheus text format: ingest counters and devices known/online. Local scrapers only (no token), as
+/// for the agent; keep the API's listener on loopback or behind a proxy that hides it.
+async fn metrics(State(state): State<AppState>) -> Response {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP outpost_fleet_messages_accepted_total Device messages stored.");
+    let _ = writeln!(out, "# TYPE outpost_fleet_messages_accepted_total counter");
+    let _ = writeln!(out, "outpost_fleet_messages_accepted_total {}", state.ingest.accepted_count());
+    let _ = writeln!(out, "# HELP outpost_fleet_messages_dropped_total Device messages dropped, by reason.");
+    let _ = writeln!(out, "# TYPE outpost_fleet_messages_dropped_total counter");
+    for (reason, n) in state.ingest.drop_counts() {
+        let _ = writeln!(out, "outpost_fleet_messages_dropped_total{{reason=\"{}\"}} {n}", reason.as_str());
+    }
+    let ingest = state.ingest.clone();
+    let devices = tokio::task::spawn_blocking(move || ingest.devices(None, 100_000)).await;
+    if let Ok(Ok(devices)) = devices {
+        let online = devices.iter().filter(|d| d.online).count();
+        let _ = writeln!(out, "# HELP outpost_fleet_devices Devices that have reported, and those online now.");
+        let _ = writeln!(out, "# TYPE outpost_fleet_devices gauge");
+        let _ = writeln!(out, "outpost_fleet_devices{{state=\"reported\"}} {}", devices.len());
+        let _ = writeln!(out, "outpost_fleet_devices{{state=\"online\"}} {online}");
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
