@@ -24,6 +24,16 @@ pub struct FleetConfig {
     pub ingest: crate::ingest::IngestConfig,
     #[serde(default)]
     pub annotation: AnnotationConfig,
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+}
+
+/// `[alerts]`: where drift alerts go besides the store, the log and the API.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Each alert is POSTed here as JSON (retried with backoff).
+    pub webhook_url: Option<String>,
 }
 
 /// `[annotation]`: the queue, and each model's class names (until the model registry provides them).

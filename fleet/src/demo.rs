@@ -114,6 +114,7 @@ async fn demo(args: &DemoArgs) -> Result<()> {
             labels: [("defect".to_string(), model_labels(&args.model)?)].into(),
             ..Default::default()
         },
+        alerts: Default::default(),
     };
     let fleet_stop = CancellationToken::new();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

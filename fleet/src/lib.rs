@@ -15,3 +15,4 @@ pub mod mqtt;
 pub mod registry;
 pub mod samples;
 pub mod serve;
+pub mod webhook;

@@ -45,12 +45,17 @@ impl crate::annotate::Catalog for FleetCatalog {
 }
 
 /// Feeds every received message to the ingest, on a blocking thread (the store is synchronous).
-fn ingest_loop(ingest: &Ingest, mut rx: tokio::sync::mpsc::Receiver<crate::mqtt::Incoming>) {
+fn ingest_loop(
+    ingest: &Ingest,
+    mut rx: tokio::sync::mpsc::Receiver<crate::mqtt::Incoming>,
+    alerts: &crate::webhook::Alerts,
+) {
     while let Some(m) = rx.blocking_recv() {
         match ingest.ingest(&m.topic, &m.payload, time::OffsetDateTime::now_utc()) {
             Ok(done) => {
-                for alert in &done.alerts {
-                    tracing::warn!(alert = ?alert, "drift alert");
+                for alert in done.alerts {
+                    tracing::warn!(model = %alert.model.name, version = alert.model.version, psi = alert.psi, "drift alert");
+                    alerts.send(alert);
                 }
             }
             Err(e) => tracing::error!(kind = e.kind(), error = %e, topic = %m.topic, "ingest failed"),
@@ -141,9 +146,16 @@ pub async fn run(
     };
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
     let commands = crate::mqtt::start(client, tx, shutdown.clone());
+    let alerts = match &config.alerts.webhook_url {
+        Some(url) => {
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+            crate::webhook::start(url.clone(), client, shutdown.clone())
+        }
+        None => crate::webhook::Alerts::none(),
+    };
     let ingest_task = {
         let ingest = ingest.clone();
-        tokio::task::spawn_blocking(move || ingest_loop(&ingest, rx))
+        tokio::task::spawn_blocking(move || ingest_loop(&ingest, rx, &alerts))
     };
     let maintenance = tokio::spawn(maintain(ingest.clone(), shutdown.clone()));
 
