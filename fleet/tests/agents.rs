@@ -242,6 +242,25 @@ async fn scenario(external: Option<&str>) {
     let line = std::fs::read_to_string(&labels[0]).expect("label file");
     assert!(line.starts_with("0 "), "class 0 = scratch: {line}");
 
+    // The same labels through the operator's CLI, as COCO.
+    let coco = tmp.path().join("export-coco");
+    let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["samples", "export", "--model", "defect", "--format", "coco", "--out"])
+        .arg(&coco)
+        .env("OUTPOST_FLEET_URL", &fleet.base)
+        .env("OUTPOST_TOKEN", &fleet.admin)
+        .output()
+        .expect("outpost runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("exported"), "{}", String::from_utf8_lossy(&out.stdout));
+    let annotations: Vec<Value> = ["train", "val"]
+        .iter()
+        .filter_map(|s| std::fs::read(coco.join(format!("annotations/instances_{s}.json"))).ok())
+        .map(|b| serde_json::from_slice(&b).expect("COCO JSON"))
+        .collect();
+    let boxes: usize = annotations.iter().map(|a| a["annotations"].as_array().map_or(0, Vec::len)).sum();
+    assert_eq!(boxes, 1, "the one labelled box, in COCO: {annotations:?}");
+
     for stop in &stops {
         stop.cancel();
     }

@@ -156,7 +156,7 @@ impl ExportQuery {
 }
 
 /// What an export wrote.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExportReport {
     pub format: Format,
     /// The absolute path of the export.

@@ -8,6 +8,7 @@ mod fleet;
 mod keygen;
 mod keys;
 mod model;
+mod samples;
 mod spec;
 mod trust;
 
@@ -35,6 +36,9 @@ enum Command {
     /// Enroll, list and revoke devices (through the fleet's API).
     #[command(subcommand)]
     Device(device::Command),
+    /// Export labelled samples as a dataset (through the fleet's API).
+    #[command(subcommand)]
+    Samples(samples::Command),
 }
 
 /// How a command ended: success, or a verification that said no (a one-line reason, exit code 1).
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
         Command::Model(command) => model::run(command),
         Command::Keys(command) => keys::run(command),
         Command::Device(command) => device::run(command),
+        Command::Samples(command) => samples::run(command),
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
