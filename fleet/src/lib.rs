@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod registry;
+pub mod rollout;
 pub mod samples;
 pub mod serve;
 pub mod webhook;
