@@ -59,6 +59,23 @@ pub struct FleetConfig {
     pub url: Option<String>,
     #[serde(default)]
     pub token: Option<String>,
+    /// A CA certificate (PEM) to trust for the fleet's HTTPS, besides the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl FleetConfig {
+    /// The certificates of `ca_file` (none when unset), for every HTTP client that talks to the fleet.
+    pub fn roots(&self) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+        let Some(path) = &self.ca_file else { return Ok(Vec::new()) };
+        let pem = std::fs::read(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| ConfigError::Invalid(format!("fleet.ca_file {}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(ConfigError::Invalid(format!("fleet.ca_file {}: no certificate", path.display())));
+        }
+        Ok(certs)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
