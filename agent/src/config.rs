@@ -289,6 +289,21 @@ mod tests {
     }
 
     #[test]
+    fn the_fleet_ca_file_is_read_and_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fleet = |ca: Option<PathBuf>| FleetConfig { ca_file: ca, ..FleetConfig::default() };
+        assert!(fleet(None).roots().expect("no file, no roots").is_empty());
+        let ca = outpost_tests::pki::TestCa::new(dir.path(), "fleet").expect("test CA");
+        assert_eq!(fleet(Some(ca.cert.clone())).roots().expect("a PEM certificate").len(), 1);
+        let err = fleet(Some(dir.path().join("absent.pem"))).roots().expect_err("missing").to_string();
+        assert!(err.contains("absent.pem"), "{err}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").expect("write");
+        let err = fleet(Some(empty)).roots().expect_err("no certificate").to_string();
+        assert!(err.contains("no certificate"), "{err}");
+    }
+
+    #[test]
     fn mistakes_get_clear_errors() {
         let check = |edit: &dyn Fn(&str) -> String, fragment: &str| {
             let err = load(&edit(DEFAULT_CONFIG), &[("OUTPOST_DEVICE_KEY", KEY)]).expect_err(fragment).to_string();
