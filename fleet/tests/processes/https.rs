@@ -32,6 +32,9 @@ async fn the_api_over_https_serves_enrollment_and_sample_uploads_and_refuses_pla
     let mut setup = AgentSetup::new("secure-1", "plant-a");
     setup.flagging = "random = 1.0\nrate = {}\ndedup = { enabled = false }\n".into();
     let mut agent = Agent::enroll_and_start(&fleet, tmp.path(), &setup);
+    let written = std::fs::read_to_string(tmp.path().join("secure-1/agent.toml")).expect("agent config");
+    assert!(written.contains(&format!("url = \"{}\"", fleet.base)), "enrollment names the HTTPS URL: {written}");
+    assert!(written.contains("# ca_file"), "and hints at the CA: {written}");
     let images = defect_images("val");
     agent.feed("", &images[..6]);
     let devices = fleet
