@@ -4,11 +4,11 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use outpost_tests::broker::free_port;
 use outpost_tests::pki::CertFiles;
+use outpost_tests::process::Process;
 use serde_json::Value;
 
 /// The longest any step waits; generous, because two cores run the whole workspace's tests.
@@ -28,7 +28,7 @@ pub struct FleetOptions<'a> {
 }
 
 pub struct Fleet {
-    child: Child,
+    process: Process,
     /// `http(s)://127.0.0.1:<port>`.
     pub base: String,
     pub admin: String,
@@ -38,13 +38,6 @@ pub struct Fleet {
     /// The CA clients must trust (HTTPS only).
     pub ca: Option<PathBuf>,
     pub client: reqwest::Client,
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Fleet {
@@ -73,13 +66,10 @@ impl Fleet {
             options.extra
         );
         std::fs::write(dir.join("fleet.toml"), config).expect("config");
-        let child = Command::new(env!("CARGO_BIN_EXE_outpost-fleet"))
+        let mut process = Process::new("the fleet", env!("CARGO_BIN_EXE_outpost-fleet"), dir.join("fleet.log"))
             .args(["serve", "--config"])
-            .arg(dir.join("fleet.toml"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("fleet.log")).expect("log"))
-            .spawn()
-            .expect("outpost-fleet starts");
+            .arg(dir.join("fleet.toml"));
+        process.spawn();
         let ca = options.tls.map(|(_, ca)| ca.to_path_buf());
         let mut client = reqwest::Client::builder().timeout(Duration::from_secs(30));
         if let Some(ca) = &ca {
@@ -88,7 +78,7 @@ impl Fleet {
         }
         let scheme = if ca.is_some() { "https" } else { "http" };
         let mut fleet = Fleet {
-            child,
+            process,
             base: format!("{scheme}://127.0.0.1:{http}"),
             admin: String::new(),
             dir: dir.to_path_buf(),
@@ -102,9 +92,7 @@ impl Fleet {
             if ready.is_ok_and(|r| r.status() == 200) {
                 break;
             }
-            if let Ok(Some(status)) = fleet.child.try_wait() {
-                panic!("the fleet exited ({status}):\n{}", fleet.log());
-            }
+            fleet.process.check_alive();
             assert!(Instant::now() < deadline, "fleet not ready:\n{}", fleet.log());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -113,7 +101,13 @@ impl Fleet {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("fleet.log")).unwrap_or_default()
+        self.process.log()
+    }
+
+    /// SIGTERM; the fleet must exit cleanly.
+    pub fn terminate(&mut self) {
+        let (status, _) = self.process.terminate(WAIT);
+        assert!(status.success(), "the fleet exited with {status}:\n{}", self.log());
     }
 
     /// `/api/v1{path}` with `token`; the status and the JSON body (null when not JSON).
