@@ -74,9 +74,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     )?;
 
     let samples = SampleQueue::open(&config.samples)?;
+    let fleet_roots = raw.fleet.roots()?;
+    let fleet_client =
+        || reqwest::Client::builder().tls_certs_merge(fleet_roots.clone()).timeout(Duration::from_secs(30)).build();
     let uploader = match (&raw.fleet.url, &raw.fleet.token) {
         (Some(url), Some(token)) => {
-            let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+            let client = fleet_client()?;
             let target = UploadTarget { base_url: url.clone(), token: token.clone() };
             Some(tokio::spawn(run_uploader(samples.clone(), client, target, config.samples.clone(), shutdown.clone())))
         }
@@ -224,8 +227,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         shared: shared.clone(),
         link: link.clone(),
         status: status_shared,
-        downloader: Downloader::new(updates.download_config())?,
-        http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+        downloader: Downloader::trusting(updates.download_config(), fleet_roots.clone())?,
+        http: fleet_client()?,
         fleet: raw.fleet.url.clone().zip(raw.fleet.token.clone()),
         device: config.device.to_string(),
         seen: SeenCommands::open(&raw.state_dir.join("commands-seen.json")),

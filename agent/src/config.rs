@@ -59,6 +59,23 @@ pub struct FleetConfig {
     pub url: Option<String>,
     #[serde(default)]
     pub token: Option<String>,
+    /// A CA certificate (PEM) to trust for the fleet's HTTPS, besides the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl FleetConfig {
+    /// The certificates of `ca_file` (none when unset), for every HTTP client that talks to the fleet.
+    pub fn roots(&self) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+        let Some(path) = &self.ca_file else { return Ok(Vec::new()) };
+        let pem = std::fs::read(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| ConfigError::Invalid(format!("fleet.ca_file {}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(ConfigError::Invalid(format!("fleet.ca_file {}: no certificate", path.display())));
+        }
+        Ok(certs)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -269,6 +286,21 @@ mod tests {
         assert_eq!(cfg.raw.link.password.as_deref(), Some("s3cret"), "environment overrides the file");
         assert_eq!(cfg.samples.dir, PathBuf::from("/var/lib/outpost-agent/samples"));
         assert_eq!(cfg.raw.cameras[0].flagging.rate.per_hour, Some(60));
+    }
+
+    #[test]
+    fn the_fleet_ca_file_is_read_and_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fleet = |ca: Option<PathBuf>| FleetConfig { ca_file: ca, ..FleetConfig::default() };
+        assert!(fleet(None).roots().expect("no file, no roots").is_empty());
+        let ca = outpost_tests::pki::TestCa::new(dir.path(), "fleet").expect("test CA");
+        assert_eq!(fleet(Some(ca.cert.clone())).roots().expect("a PEM certificate").len(), 1);
+        let err = fleet(Some(dir.path().join("absent.pem"))).roots().expect_err("missing").to_string();
+        assert!(err.contains("absent.pem"), "{err}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").expect("write");
+        let err = fleet(Some(empty)).roots().expect_err("no certificate").to_string();
+        assert!(err.contains("no certificate"), "{err}");
     }
 
     #[test]

@@ -8,11 +8,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -195,19 +192,7 @@ async fn wait_listening(addr: SocketAddr) -> Result<(), BrokerError> {
 
 /// The server side of the devices' TLS port, from PEM files.
 pub fn tls_acceptor(tls: &TlsListen) -> Result<tokio_rustls::TlsAcceptor, BrokerError> {
-    let certs = CertificateDer::pem_file_iter(&tls.cert_file)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| BrokerError::Tls(format!("{}: {e}", tls.cert_file.display())))?;
-    let key = PrivateKeyDer::from_pem_file(&tls.key_file)
-        .map_err(|e| BrokerError::Tls(format!("{}: {e}", tls.key_file.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| BrokerError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| BrokerError::Tls(e.to_string()))?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    crate::api::tls::acceptor(&tls.cert_file, &tls.key_file).map_err(|e| BrokerError::Tls(e.to_string()))
 }
 
 /// Accepts TLS connections, each on its own task with a handshake deadline, and splices them to `inner`.

@@ -54,11 +54,18 @@ pub struct HttpConfig {
     pub public_url: Option<String>,
     /// The MQTT URL devices use; defaults to the embedded broker's listener (or `broker.url`).
     pub public_mqtt_url: Option<String>,
+    /// Serve HTTPS instead of plain HTTP.
+    pub tls: Option<crate::api::tls::HttpTls>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), public_url: None, public_mqtt_url: None }
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            public_mqtt_url: None,
+            tls: None,
+        }
     }
 }
 
@@ -109,7 +116,12 @@ impl FleetConfig {
     }
 
     pub fn public_http(&self) -> String {
-        self.http.public_url.clone().unwrap_or_else(|| format!("http://{}", self.http.listen))
+        self.http.public_url.clone().unwrap_or_else(|| format!("{}://{}", self.http_scheme(), self.http.listen))
+    }
+
+    /// `https` when the API serves TLS.
+    pub fn http_scheme(&self) -> &'static str {
+        if self.http.tls.is_some() { "https" } else { "http" }
     }
 
     pub fn public_mqtt(&self) -> String {
@@ -136,5 +148,18 @@ mod tests {
         assert!(err.contains("embeded"), "{err}");
         let err = FleetConfig::parse("[broker]\nembedded = false\n", path).expect_err("no broker").to_string();
         assert!(err.contains("external `url`"), "{err}");
+    }
+
+    #[test]
+    fn https_is_optional_and_changes_the_public_url() {
+        let path = Path::new("fleet.toml");
+        let plain = FleetConfig::parse("[http]\nlisten = \"127.0.0.1:9000\"\n", path).expect("valid");
+        assert_eq!(plain.public_http(), "http://127.0.0.1:9000");
+        let text = "[http]\nlisten = \"127.0.0.1:9000\"\ntls = { cert_file = \"c.pem\", key_file = \"k.pem\" }\n";
+        let tls = FleetConfig::parse(text, path).expect("valid");
+        assert_eq!(tls.public_http(), "https://127.0.0.1:9000");
+        assert_eq!(tls.http.tls.as_ref().map(|t| t.handshake_timeout_secs), Some(10));
+        let err = FleetConfig::parse("[http.tls]\ncert_file = \"c.pem\"\n", path).expect_err("no key").to_string();
+        assert!(err.contains("key_file"), "{err}");
     }
 }

@@ -108,7 +108,7 @@ async fn demo(args: &DemoArgs) -> Result<()> {
             listen_v5: free_addr(0)?,
             ..Default::default()
         },
-        http: crate::config::HttpConfig { listen: free_addr(args.port)?, public_url: None, public_mqtt_url: None },
+        http: crate::config::HttpConfig { listen: free_addr(args.port)?, ..Default::default() },
         ingest: Default::default(),
         annotation: crate::config::AnnotationConfig {
             labels: [("defect".to_string(), model_labels(&args.model)?)].into(),

@@ -109,6 +109,14 @@ pub async fn run(
     ready: impl FnOnce(Running) + Send,
 ) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // A certificate that cannot be used stops the start before anything listens.
+    let https = match &config.http.tls {
+        Some(tls) => Some((
+            api::tls::acceptor(&tls.cert_file, &tls.key_file).context("http.tls")?,
+            Duration::from_secs(tls.handshake_timeout_secs.max(1)),
+        )),
+        None => None,
+    };
     std::fs::create_dir_all(&config.state_dir).with_context(|| format!("creating {}", config.state_dir.display()))?;
     let store: Arc<dyn Store> = SledStore::open(&config.state_dir.join("db")).context("opening the fleet's store")?;
     let master = registry::load_master(&config.state_dir.join("master.key"))?;
@@ -165,7 +173,7 @@ pub async fn run(
     let http_addr = listener.local_addr()?;
     let mut public = PublicUrls { mqtt: config.public_mqtt(), http: config.public_http() };
     if config.http.public_url.is_none() {
-        public.http = format!("http://{http_addr}");
+        public.http = format!("{}://{http_addr}", config.http_scheme());
     }
     let ready_flag = Arc::new(AtomicBool::new(false));
     let mosquitto = match (&config.broker.mosquitto_dir, &config.broker.username, &config.broker.password) {
@@ -196,11 +204,22 @@ pub async fn run(
         mosquitto,
     };
     state.refresh_mosquitto().map_err(|e| anyhow::anyhow!(e.message))?;
-    let http = {
-        let stop = shutdown.clone();
-        let app = api::router(state);
-        tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await })
-    };
+    let http =
+        {
+            let stop = shutdown.clone();
+            let app = api::router(state);
+            match https {
+                None => tokio::spawn(async move {
+                    axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await
+                }),
+                Some((acceptor, timeout)) => {
+                    let listener = api::tls::TlsListener::start(listener, acceptor, timeout, shutdown.clone())?;
+                    tokio::spawn(async move {
+                        axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await
+                    })
+                }
+            }
+        };
     ready_flag.store(true, Ordering::Release);
     tracing::info!(api = %public.http, mqtt = %public.mqtt, "fleet ready");
     ready(Running {

@@ -7,107 +7,18 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use outpost_agent::config::AgentConfig;
-use outpost_tests::broker::{Mosquitto, MosquittoOptions, free_port};
+use outpost_tests::broker::{Mosquitto, MosquittoOptions};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-const WAIT: Duration = Duration::from_secs(90);
+#[path = "processes/fleet.rs"]
+mod fleet;
 
-struct Fleet {
-    child: Child,
-    base: String,
-    admin: String,
-    dir: PathBuf,
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn val_images() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("tests/fixtures/images/defect-val/images"))
-        .expect("fixtures")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    files.sort();
-    files
-}
-
-/// Starts `outpost-fleet serve`: on its embedded broker, or on the external broker at `external` (an MQTT URL).
-async fn start_fleet(dir: &Path, external: Option<&str>) -> Fleet {
-    let (http, v4, v5) = (free_port().expect("port"), free_port().expect("port"), free_port().expect("port"));
-    let broker = match external {
-        None => format!("[broker]\nlisten = \"127.0.0.1:{v4}\"\nlisten_v5 = \"127.0.0.1:{v5}\"\n"),
-        Some(url) => format!(
-            "[broker]\nembedded = false\nurl = \"{url}\"\nusername = \"outpost-fleet\"\npassword = \"x\"\nshared_group = \"fleet\"\n"
-        ),
-    };
-    let config = format!(
-        "state_dir = {:?}\n{broker}[http]\nlisten = \"127.0.0.1:{http}\"\n[annotation.labels]\ndefect = [\"scratch\", \"dent\", \"stain\"]\n",
-        dir.join("fleet")
-    );
-    std::fs::write(dir.join("fleet.toml"), config).expect("config");
-    let child = Command::new(env!("CARGO_BIN_EXE_outpost-fleet"))
-        .args(["serve", "--config"])
-        .arg(dir.join("fleet.toml"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("fleet.log")).expect("log"))
-        .spawn()
-        .expect("outpost-fleet starts");
-    let base = format!("http://127.0.0.1:{http}");
-    let deadline = Instant::now() + WAIT;
-    while !reqwest::get(format!("{base}/readyz")).await.is_ok_and(|r| r.status() == 200) {
-        assert!(Instant::now() < deadline, "fleet not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let admin = std::fs::read_to_string(dir.join("fleet/admin.token")).expect("admin token").trim().to_string();
-    Fleet { child, base, admin, dir: dir.to_path_buf() }
-}
-
-impl Fleet {
-    async fn call(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
-        let client = reqwest::Client::new();
-        let mut request = client.request(method, format!("{}/api/v1{path}", self.base)).bearer_auth(token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("answer");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn wait_for(&self, what: &str, path: &str, condition: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let (status, body) = self.call(reqwest::Method::GET, path, &self.admin, None).await;
-            if status == 200 && condition(&body) {
-                return body;
-            }
-            let log = std::fs::read_to_string(self.dir.join("fleet.log")).unwrap_or_default();
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {body}\n{log}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-fn device<'a>(devices: &'a Value, name: &str) -> &'a Value {
-    devices.as_array().and_then(|a| a.iter().find(|d| d["id"] == name)).unwrap_or(&Value::Null)
-}
-
-fn frames(devices: &Value, name: &str) -> u64 {
-    device(devices, name)["seen"]["totals"]["frames"].as_u64().unwrap_or(0)
-}
+use fleet::{Fleet, FleetOptions, defect_images, device, frames, root};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_agents_report_to_the_fleet_and_their_samples_reach_annotators() {
@@ -123,8 +34,8 @@ async fn the_same_through_mosquitto_as_the_external_broker() {
 async fn scenario(external: Option<&str>) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let fleet = start_fleet(tmp.path(), external).await;
-    let images = val_images();
+    let fleet = Fleet::start(tmp.path(), &FleetOptions { external, ..FleetOptions::default() }).await;
+    let images = defect_images("val");
     let feeds = [
         ("line-a", "plant-a", &images[..10]),
         ("line-b", "plant-a", &images[10..25]),
@@ -172,7 +83,7 @@ async fn scenario(external: Option<&str>) {
         windows.as_array().expect("windows").iter().map(|w| w["window"]["frames"].as_u64().unwrap_or(0)).sum();
     assert_eq!(stored, 15, "line-b's windows add up to its 15 frames: {windows}");
 
-    let metrics = reqwest::get(format!("{}/metrics", fleet.base)).await.expect("metrics").text().await.expect("text");
+    let metrics = fleet.metrics().await;
     assert!(metrics.contains("outpost_fleet_devices{state=\"online\"} 3"), "{metrics}");
     assert!(metrics.contains("outpost_fleet_messages_accepted_total"), "{metrics}");
 

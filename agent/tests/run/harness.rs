@@ -5,13 +5,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use outpost_common::protocol::auth::{self, DeviceKey, derive_device_key};
 use outpost_common::protocol::{self, Event, EventBody, FrameBatch, Status, Telemetry, TelemetryBody, WindowSummary};
 use outpost_common::topics::{self, Channel, DeviceId};
 use outpost_tests::broker::free_port;
+use outpost_tests::process::Process;
 use outpost_tests::subscriber::{Received, Subscriber};
 use serde_json::Value;
 
@@ -21,26 +22,7 @@ pub const FAMILY: &str = "test-cpu";
 /// The longest any test waits for a condition; generous, because two cores run the whole workspace's tests.
 pub const WAIT: Duration = Duration::from_secs(90);
 
-pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The defect detector from the zoo: small (320 px) and quick.
-pub fn defect_model() -> PathBuf {
-    root().join("models/zoo/defect-yolo11n-320.onnx")
-}
-
-/// The bundled defect photos, sorted by name: `val` (80, normal line) or `drift` (40, changed lighting).
-pub fn defect_images(set: &str) -> Vec<PathBuf> {
-    let dir = root().join(format!("tests/fixtures/images/defect-{set}/images"));
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jpg" || x == "png"))
-        .collect();
-    files.sort();
-    files
-}
+pub use outpost_tests::fixtures::{defect_images, defect_model, root};
 
 /// Copies `files` into `dir` the way a camera uploading over FTP finishes a file: written under a hidden name, then
 /// renamed into place. Names get a prefix so that several copies of one photo are distinct files.
@@ -141,8 +123,7 @@ pub struct Agent {
     pub device: Device,
     pub config: PathBuf,
     pub metrics_port: u16,
-    log: PathBuf,
-    child: Option<Child>,
+    process: Process,
     http: reqwest::Client,
 }
 
@@ -178,10 +159,13 @@ impl Agent {
         std::fs::write(&config, toml).expect("write config");
         let mut agent = Agent {
             device: device.clone(),
-            config,
             metrics_port,
-            log: dir.join("agent.log"),
-            child: None,
+            process: Process::new("the agent", env!("CARGO_BIN_EXE_outpost-agent"), dir.join("agent.log"))
+                .arg("run")
+                .arg("--config")
+                .arg(&config)
+                .env("OUTPOST_LOG", "info,outpost_agent=debug"),
+            config,
             http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("http client"),
         };
         agent.spawn();
@@ -190,32 +174,16 @@ impl Agent {
 
     /// Starts the process (again) on the same config and state; its stderr is appended to the log.
     pub fn spawn(&mut self) {
-        assert!(self.child.is_none(), "the agent is already running");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_outpost-agent"))
-            .arg("run")
-            .arg("--config")
-            .arg(&self.config)
-            .env("OUTPOST_LOG", "info,outpost_agent=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("outpost-agent starts");
-        self.child = Some(child);
+        self.process.spawn();
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log()
     }
 
     /// Fails the test with the agent's log if it exited.
     fn check_alive(&mut self) {
-        if let Some(child) = self.child.as_mut()
-            && let Ok(Some(status)) = child.try_wait()
-        {
-            panic!("the agent exited ({status}):\n{}", self.log());
-        }
+        self.process.check_alive();
     }
 
     async fn get(&self, path: &str) -> Option<(u16, String)> {
@@ -246,11 +214,7 @@ impl Agent {
     /// The value of one series of `/metrics`, e.g. `outpost_frames_processed_total{camera="a"}`; 0 when absent.
     pub async fn metric(&self, series: &str) -> f64 {
         let Some((200, text)) = self.get("/metrics").await else { return 0.0 };
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
+        outpost_tests::process::metric(&text, series).unwrap_or(0.0)
     }
 
     /// Waits until `metric(series)` satisfies `condition`; returns the value.
@@ -269,38 +233,12 @@ impl Agent {
 
     /// SIGTERM, then waits up to `within` for the exit; returns the status and how long it took.
     pub fn terminate(&mut self, within: Duration) -> (ExitStatus, Duration) {
-        let mut child = self.child.take().expect("the agent is running");
-        let pid = libc::pid_t::try_from(child.id()).expect("pid");
-        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(rc, 0, "SIGTERM delivered");
-        let sent = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return (status, sent.elapsed());
-            }
-            if sent.elapsed() > within {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the agent did not exit within {within:?} of SIGTERM:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.process.terminate(within)
     }
 
     /// SIGKILL: the process vanishes with whatever it held in memory.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill9();
+        self.process.kill9();
     }
 }
 

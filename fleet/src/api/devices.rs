@@ -76,7 +76,13 @@ async fn revoke(
 /// The agent configuration for freshly enrolled credentials: identity, secrets and where the fleet is; the
 /// `[[models]]` and `[[cameras]]` tables are left for the installer (examples in `outpost-agent print-config`).
 pub fn agent_config(c: &Credentials, mqtt: &str, http: &str) -> String {
-    format!(
+    // The fleet cannot know where its CA lands on the device, only that a private one will need it.
+    let ca_hint = if http.starts_with("https://") {
+        "# ca_file = \"/etc/outpost/fleet-ca.pem\"   # when the fleet's certificate is not from a public CA\n"
+    } else {
+        ""
+    };
+    let config = format!(
         "# Outpost agent configuration for `{device}`, written at enrollment. Keep it private: it holds secrets.\n\
          # Add [[models]] and [[cameras]] (see `outpost-agent print-config`).\n\
          state_dir = \"/var/lib/outpost-agent\"\n\n\
@@ -88,7 +94,8 @@ pub fn agent_config(c: &Credentials, mqtt: &str, http: &str) -> String {
         user = c.mqtt_username,
         password = c.mqtt_password,
         token = c.http_token,
-    )
+    );
+    config + ca_hint
 }
 
 #[derive(Debug, Deserialize)]

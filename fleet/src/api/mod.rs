@@ -5,6 +5,7 @@ pub mod annotate;
 pub mod devices;
 pub mod openapi;
 pub mod telemetry;
+pub mod tls;
 
 use std::sync::Arc;
 

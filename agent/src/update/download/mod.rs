@@ -192,8 +192,14 @@ impl Downloader {
     /// A downloader with its own client (system trust roots through rustls/ring, no total timeout: the deadline is
     /// ours).
     pub fn new(config: DownloadConfig) -> Result<Downloader, DownloadError> {
+        Downloader::trusting(config, Vec::new())
+    }
+
+    /// The same, trusting `roots` (e.g. the fleet's CA) besides the system roots.
+    pub fn trusting(config: DownloadConfig, roots: Vec<reqwest::Certificate>) -> Result<Downloader, DownloadError> {
         crate::source::install_crypto_provider();
         let client = reqwest::Client::builder()
+            .tls_certs_merge(roots)
             .connect_timeout(config.connect_timeout)
             .user_agent(concat!("outpost-agent/", env!("CARGO_PKG_VERSION")))
             .build()

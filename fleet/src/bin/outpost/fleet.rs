@@ -13,6 +13,9 @@ pub struct FleetArgs {
     /// An API token (the admin token is in the fleet's `<state_dir>/admin.token`).
     #[arg(long, env = "OUTPOST_TOKEN", hide_env_values = true)]
     pub token: String,
+    /// A CA certificate (PEM) to trust for an HTTPS fleet, besides the system roots.
+    #[arg(long, env = "OUTPOST_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 pub struct Fleet {
@@ -26,7 +29,13 @@ impl Fleet {
     pub fn new(args: &FleetArgs) -> anyhow::Result<Fleet> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build()?;
+        let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60));
+        if let Some(path) = &args.ca_file {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| format!("{}", path.display()))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        let client = builder.build()?;
         Ok(Fleet { base: args.fleet.trim_end_matches('/').to_string(), token: args.token.clone(), runtime, client })
     }
 
