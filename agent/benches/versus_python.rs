@@ -29,7 +29,7 @@ use image::RgbImage;
 use outpost_agent::app::{read_source, vision_options};
 use outpost_agent::config::{AgentConfig, DEFAULT_CONFIG};
 use outpost_agent::metrics::CameraCounters;
-use outpost_agent::pipeline::{Pipeline, Prepare, Served};
+use outpost_agent::pipeline::{Pipeline, Served};
 use outpost_agent::queue::Overflow;
 use outpost_agent::source::{Outcome, SourceConfig, SourceContext};
 use outpost_agent::updater::serving::load_sessions;
@@ -147,13 +147,7 @@ fn agent_child(model: &Path, folder: &Path, frames: usize, bare_runs: usize, thr
     let (elapsed, failed, sums, cpu) = tokio.block_on(async {
         let shutdown = CancellationToken::new();
         let start = Instant::now();
-        let prepare = match std::env::var("OUTPOST_BENCH_PREPARE").as_deref() {
-            Ok("inference") => Prepare::Inference,
-            Ok("decode") => Prepare::Decode,
-            _ => Prepare::Paced,
-        };
-        let pipeline =
-            Arc::new(Pipeline::start_with(served, overflow, camera.queue_depth, DecodeLimits::default(), prepare, tx)?);
+        let pipeline = Arc::new(Pipeline::start(served, overflow, camera.queue_depth, DecodeLimits::default(), tx)?);
         let counters = Arc::new(CameraCounters::default());
         let reader = tokio::spawn(read_source(camera.name.clone(), source, pipeline, counters, shutdown.clone()));
         let mut out = BufWriter::new(std::fs::File::create(&out_path)?);

@@ -1,17 +1,15 @@
 //! The frame pipeline on real frames and the real model: nothing lost from file sources, oldest dropped for live
-//! ones, bad frames counted, the same predictions as `outpost-agent infer` whichever thread preprocesses, and swaps
-//! that never feed a model an input prepared for another.
+//! ones, bad frames counted, and the same predictions as `outpost-agent infer`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use outpost_agent::pipeline::{EncodedFrame, FrameOutput, Pipeline, Prepare, Served};
+use outpost_agent::pipeline::{EncodedFrame, FrameOutput, Pipeline, Served};
 use outpost_agent::queue::{Overflow, Pushed};
 use outpost_common::protocol::ModelRef;
 use outpost_common::vision::engine::Runtime;
-use outpost_common::vision::pipeline::Timings;
-use outpost_common::vision::{FrameResult, Vision, VisionOptions};
+use outpost_common::vision::{Vision, VisionOptions};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -208,105 +206,4 @@ fn unloading_skips_frames_until_the_next_model_arrives() {
     assert!(kinds[..20].iter().chain(&kinds[30..]).all(|k| *k == "ok"));
     assert!(kinds[20..30].iter().all(|k| *k == "model_swap"), "{kinds:?}");
     assert!(outputs[30..].iter().all(|o| o.model.as_ref().is_some_and(|m| m.version == 2)));
-}
-
-/// The parts of a result that do not depend on the clock.
-fn predictions(o: &FrameOutput) -> Option<(u64, FrameResult)> {
-    let (r, _) = o.outcome.as_ref().ok()?;
-    Some((o.model.as_ref()?.version, FrameResult { timings: Timings::default(), ..r.clone() }))
-}
-
-/// Every val frame through a pipeline whose input is prepared by `prepare`'s thread.
-fn outputs_prepared_by(prepare: Prepare) -> Vec<FrameOutput> {
-    let files = val_files();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<FrameOutput>(4096);
-    let pipeline =
-        Pipeline::start_with(served(), Overflow::Wait, 4, Default::default(), prepare, tx).expect("threads start");
-    for (i, path) in files.iter().enumerate() {
-        pipeline.push(frame(i as u64 + 1, std::fs::read(path).expect("fixture")));
-    }
-    pipeline.drain();
-    let mut outputs = Vec::new();
-    while let Ok(o) = rx.try_recv() {
-        outputs.push(o);
-    }
-    assert_eq!(outputs.len(), files.len(), "every frame answered");
-    outputs
-}
-
-#[test]
-fn results_are_the_same_whichever_thread_preprocesses() {
-    let by_inference: Vec<_> = outputs_prepared_by(Prepare::Inference).iter().map(predictions).collect();
-    assert!(by_inference.iter().all(Option::is_some), "every frame has a result");
-    assert!(by_inference.iter().flatten().any(|(_, r)| !r.detections.is_empty()), "the frames are not all empty");
-    for prepare in [Prepare::Decode, Prepare::Paced] {
-        let outputs = outputs_prepared_by(prepare);
-        if prepare == Prepare::Decode {
-            assert!(
-                outputs.iter().all(|o| o.outcome.as_ref().is_ok_and(|(r, _)| r.timings.preprocess > 0.0)),
-                "the decode thread's preprocessing time is reported"
-            );
-        }
-        let got: Vec<_> = outputs.iter().map(predictions).collect();
-        assert!(got == by_inference, "{prepare:?}: the same predictions, frame by frame, as the inference thread's");
-    }
-}
-
-fn classifier_as(version: u64) -> Served {
-    let rt = Runtime::init(None).expect("ONNX Runtime");
-    let bytes = std::fs::read(root().join("models/zoo/yolo11n-cls-224.onnx")).expect("model");
-    let vision = Vision::load(rt, &bytes, VisionOptions::default()).expect("model loads");
-    Served { model: ModelRef { name: "defect".into(), version }, vision }
-}
-
-/// Odd versions are the 320 detector, even ones the 224 classifier: inputs of different sizes, so a tensor prepared
-/// for one and fed to the other fails, and the results tell the models apart.
-fn alternating(version: u64) -> Served {
-    if version % 2 == 1 { served_as(version) } else { classifier_as(version) }
-}
-
-#[test]
-fn swaps_under_inputs_prepared_by_the_decode_thread_give_the_new_models_results() {
-    let files = val_files();
-    let n = 160u64;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<FrameOutput>(4096);
-    let pipeline = Pipeline::start_with(served_as(1), Overflow::Wait, 4, Default::default(), Prepare::Decode, tx)
-        .expect("threads start");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            for i in 0..n {
-                pipeline.push(frame(i + 1, std::fs::read(&files[i as usize % files.len()]).expect("fixture")));
-            }
-        });
-        // Swaps while the decode thread keeps preparing inputs for the model it last heard of.
-        for (version, after) in [(2, 20), (3, 50), (4, 80), (5, 110), (6, 130)] {
-            wait_outputs(&rx, after);
-            let old = pipeline.swap(alternating(version)).expect("swap queued").blocking_recv().expect("swapped");
-            assert_eq!(old.map(|s| s.model.version), Some(version - 1));
-        }
-    });
-    let stale = pipeline.stale_inputs();
-    pipeline.drain();
-    let mut outputs = Vec::new();
-    while let Ok(o) = rx.try_recv() {
-        outputs.push(o);
-    }
-    let seqs: Vec<u64> = outputs.iter().map(|o| o.frame.seq).collect();
-    assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "every frame answered exactly once, in order");
-    let versions: Vec<u64> = outputs.iter().filter_map(|o| o.model.as_ref().map(|m| m.version)).collect();
-    assert!(versions.windows(2).all(|w| w[0] <= w[1]), "versions only move forward, between frames");
-    assert_eq!(versions.last(), Some(&6));
-    // Each frame's result is what the model that answered gives on that frame alone.
-    let mut models: BTreeMap<u64, Served> = BTreeMap::new();
-    for o in &outputs {
-        let (version, got) = predictions(o).unwrap_or_else(|| panic!("frame {} failed: {:?}", o.frame.seq, o.outcome));
-        let model = models.entry(version).or_insert_with(|| alternating(version));
-        let mut want = model.vision.infer_encoded(&o.frame.bytes).expect("direct inference");
-        want.timings = Timings::default();
-        assert!(
-            got == want,
-            "frame {} on version {version}: the model's own result ({stale} stale inputs)",
-            o.frame.seq
-        );
-    }
 }

@@ -158,43 +158,28 @@ impl Vision {
     /// Runs preprocess, engine and postprocess on a decoded frame.
     pub fn infer_image(&mut self, frame: &RgbImage) -> Result<FrameResult, VisionError> {
         let t = Instant::now();
-        let mut tensor = std::mem::take(&mut self.tensor);
-        let transform = self.pre.run(frame, &mut tensor);
+        let transform = self.pre.run(frame, &mut self.tensor)?;
         let preprocess = ms(t);
-        let result = transform.map_err(VisionError::from).and_then(|tr| self.infer_prepared(&tensor, &tr));
-        self.tensor = tensor;
-        let mut result = result?;
-        result.timings.preprocess = preprocess;
-        Ok(result)
-    }
-
-    /// A preprocessor for this model's input, for a thread that prepares inputs for [`Self::infer_prepared`]. It
-    /// writes the same tensor as the one [`Self::infer_image`] uses.
-    pub fn preprocessor(&self) -> Result<Preprocessor, VisionError> {
-        Ok(Preprocessor::new(&self.spec.input)?)
-    }
-
-    /// Runs the engine and postprocess on an input tensor written by this model's [`Self::preprocessor`]
-    /// (`timings.preprocess` is left at 0 for the caller to fill in). A tensor of the wrong length is an engine
-    /// error, never a panic.
-    pub fn infer_prepared(&mut self, tensor: &[f32], transform: &Transform) -> Result<FrameResult, VisionError> {
         let shape = [1, 3, self.spec.input.height as usize, self.spec.input.width as usize];
         let shape = self.tensor_shape(shape);
         let t = Instant::now();
         let mut post_ms = 0.0;
         let layout = self.spec.output;
         let params = self.options.detect;
-        let mut infer_ms = 0.0;
-        let decoded = self.model.run(tensor, shape, |out| {
-            infer_ms = ms(t);
-            let t = Instant::now();
-            let d = postprocess::decode(layout, out.data, out.shape, &params, transform);
-            post_ms = ms(t);
-            d
-        })??;
+        let (decoded, infer_ms) = {
+            let mut infer_ms = 0.0;
+            let decoded = self.model.run(&self.tensor, shape, |out| {
+                infer_ms = ms(t);
+                let t = Instant::now();
+                let d = postprocess::decode(layout, out.data, out.shape, &params, &transform);
+                post_ms = ms(t);
+                d
+            })??;
+            (decoded, infer_ms)
+        };
         let t = Instant::now();
-        let mut result = self.finish(decoded, transform);
-        result.timings = Timings { decode: 0.0, preprocess: 0.0, inference: infer_ms, postprocess: post_ms + ms(t) };
+        let mut result = self.finish(decoded, &transform);
+        result.timings = Timings { decode: 0.0, preprocess, inference: infer_ms, postprocess: post_ms + ms(t) };
         Ok(result)
     }
 
