@@ -435,15 +435,17 @@ fn main() -> Result<()> {
             Some(p) => (f(p, "fps"), format!("{}/{}", mib(f(p, "rss_loaded_kib")), mib(f(p, "peak_rss_kib")))),
             None => (f64::NAN, "-".into()),
         };
+        // A skipped Python reference shows as "-", not NaN.
+        let or_dash = |v: f64, decimals: usize| if v.is_finite() { format!("{v:.decimals$}") } else { "-".into() };
         println!(
-            "{:<11} {:>10.1} {:>10.1} {:>10.1} {:>11.2} {:>12.2} {:>13.2} {:>16} {:>16}",
+            "{:<11} {:>10.1} {:>10} {:>10.1} {:>11.2} {:>12} {:>13} {:>16} {:>16}",
             name,
             f(agent, "fps"),
-            py_fps,
+            or_dash(py_fps, 1),
             bare,
             f(agent, "fps") / bare,
-            py_fps / bare,
-            f(agent, "fps") / py_fps,
+            or_dash(py_fps / bare, 2),
+            or_dash(f(agent, "fps") / py_fps, 2),
             format!("{}/{}", mib(f(agent, "rss_loaded_kib")), mib(f(agent, "peak_rss_kib"))),
             py_rss,
         );
