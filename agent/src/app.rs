@@ -25,7 +25,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, ModelConfig, RuntimeConfig};
 use crate::flagging::{Decision, Flagger, dhash};
 use crate::link::Link;
 use crate::metrics::{CameraCounters, Metrics};
@@ -129,11 +129,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         else {
             continue;
         };
-        let options = VisionOptions {
-            engine: EngineOptions { intra_threads: raw.runtime.threads, ..EngineOptions::default() },
-            detect: DetectParams { conf: model.conf, iou: model.iou, ..DetectParams::default() },
-            ..VisionOptions::default()
-        };
+        let options = vision_options(&raw.runtime, model);
         let vision = serving::load_sessions(rt, &choice.bytes, choice.verified.as_ref(), &options, 1)
             .with_context(|| format!("loading model `{}`", model.name))?
             .pop()
@@ -277,13 +273,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     Ok(())
 }
 
+/// How a configured model is run.
+pub fn vision_options(runtime: &RuntimeConfig, model: &ModelConfig) -> VisionOptions {
+    VisionOptions {
+        engine: EngineOptions { intra_threads: runtime.threads, ..EngineOptions::default() },
+        detect: DetectParams { conf: model.conf, iou: model.iou, ..DetectParams::default() },
+        ..VisionOptions::default()
+    }
+}
+
 fn seed(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
         ^ u64::from(std::process::id())
 }
 
-/// Reads one camera into its pipeline until shutdown or the end of the source, then drains the pipeline.
-async fn read_source(
+/// Reads one camera into its pipeline until shutdown or the end of the source, then drains the pipeline. Public so
+/// that the end-to-end bench (`benches/versus_python.rs`) drives the same code as `run`.
+pub async fn read_source(
     camera: String,
     mut source: Box<dyn FrameSource>,
     pipeline: Arc<Pipeline>,
