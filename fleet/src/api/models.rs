@@ -9,6 +9,7 @@ use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::StreamExt as _;
 use outpost_common::manifest::MAX_ENVELOPE_BYTES;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -176,10 +177,17 @@ async fn drain(field: &mut Field<'_>) -> Result<(), ApiError> {
 /// `POST /models`, multipart: `manifest` (the signed envelope), `artifact` (the ONNX file), any number of `golden`
 /// parts (an image each, named by the part's filename) and an optional `golden_labels` (labels.json).
 async fn push(State(state): State<AppState>, caller: Caller, request: axum::extract::Request) -> Result<Response, ApiError> {
-    // The role first, then the configuration, then the body.
-    caller.require(Role::Operator)?;
-    if !state.models.accepts_pushes() {
-        return Err(ModelError::NoTrustedKeys.into());
+    // The role first, then the configuration, then the body. A refusal reads the rest of the body first (bounded
+    // by the route's body limit): the client is still sending, and should get the answer, not a reset connection.
+    let refusal = match caller.require(Role::Operator) {
+        Err(e) => Some(e),
+        Ok(()) if !state.models.accepts_pushes() => Some(ModelError::NoTrustedKeys.into()),
+        Ok(()) => None,
+    };
+    if let Some(e) = refusal {
+        let mut body = request.into_body().into_data_stream();
+        while let Some(Ok(_)) = body.next().await {}
+        return Err(e);
     }
     let mut form = <Multipart as axum::extract::FromRequest<()>>::from_request(request, &())
         .await
