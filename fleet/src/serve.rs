@@ -186,13 +186,9 @@ pub async fn run(
             tracing::warn!(error = %e, "annotation indexes not rebuilt");
         }
     }
-    let models = crate::models::Models::from_config(
-        store.clone(),
-        blobs.clone(),
-        &config.models,
-        config.state_dir.join("tmp"),
-    )
-    .map_err(anyhow::Error::msg)?;
+    let models =
+        crate::models::Models::from_config(store.clone(), blobs.clone(), &config.models, config.state_dir.join("tmp"))
+            .map_err(anyhow::Error::msg)?;
     let state = AppState {
         registry: registry.clone(),
         ingest: ingest.clone(),

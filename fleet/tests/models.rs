@@ -290,22 +290,71 @@ fn refused_pushes_say_why_and_store_nothing() {
     let with_labels = |labels: &str| PushParts { labels: Some(labels.into()), ..good.clone() };
     let cases: Vec<(&str, PushParts, u16, &str)> = vec![
         ("a flipped byte", parts(manifest(&same, &detector), tampered), 422, "artifact_hash"),
-        ("a cut artifact", parts(manifest(&same, &detector), detector[..detector.len() - 1].to_vec()), 422, "artifact_length"),
-        ("an untrusted signer", parts(sign(&manifest_of(DETECTOR, &detector, "defect", 7), &[key(2)]), detector.clone()), 422, "unknown_key"),
-        ("an expired manifest", parts(manifest(&|m| {
-            m.created_at -= time::Duration::days(60);
-            m.expires_at = m.created_at + time::Duration::days(1);
-        }, &detector), detector.clone()), 422, "expired"),
-        ("the wrong task", parts(manifest(&|m| m.task = Task::Classify, &detector), detector.clone()), 422, "model_mismatch"),
+        (
+            "a cut artifact",
+            parts(manifest(&same, &detector), detector[..detector.len() - 1].to_vec()),
+            422,
+            "artifact_length",
+        ),
+        (
+            "an untrusted signer",
+            parts(sign(&manifest_of(DETECTOR, &detector, "defect", 7), &[key(2)]), detector.clone()),
+            422,
+            "unknown_key",
+        ),
+        (
+            "an expired manifest",
+            parts(
+                manifest(
+                    &|m| {
+                        m.created_at -= time::Duration::days(60);
+                        m.expires_at = m.created_at + time::Duration::days(1);
+                    },
+                    &detector,
+                ),
+                detector.clone(),
+            ),
+            422,
+            "expired",
+        ),
+        (
+            "the wrong task",
+            parts(manifest(&|m| m.task = Task::Classify, &detector), detector.clone()),
+            422,
+            "model_mismatch",
+        ),
         ("a 640 model under a 320 manifest", parts(manifest(&same, &d640), d640.clone()), 422, "model_mismatch"),
-        ("fewer labels than classes", parts(manifest(&|m| { m.labels.pop(); }, &detector), detector.clone()), 422, "model_mismatch"),
+        (
+            "fewer labels than classes",
+            parts(
+                manifest(
+                    &|m| {
+                        m.labels.pop();
+                    },
+                    &detector,
+                ),
+                detector.clone(),
+            ),
+            422,
+            "model_mismatch",
+        ),
         ("a model with NaN outputs", parts(manifest(&same, &nan), nan.clone()), 422, "non_finite_output"),
         ("a golden label the model does not give", with_labels(r#"{"00000.jpg": "dent"}"#), 422, "golden_mismatch"),
-        ("a golden detection where there is none", with_labels(r#"{"00002.jpg": ["scratch"]}"#), 422, "golden_mismatch"),
+        (
+            "a golden detection where there is none",
+            with_labels(r#"{"00002.jpg": ["scratch"]}"#),
+            422,
+            "golden_mismatch",
+        ),
         ("a golden label not in the manifest", with_labels(r#"{"00000.jpg": "rust"}"#), 422, "bad_golden"),
         ("labels for an image not sent", with_labels(r#"{"00009.jpg": "dent"}"#), 422, "bad_golden"),
         ("labels that are not a mapping", with_labels("[1, 2]"), 422, "bad_golden"),
-        ("a golden file that is no image", PushParts { golden: vec![("x.jpg".into(), b"not a jpeg".to_vec())], ..good.clone() }, 422, "bad_golden"),
+        (
+            "a golden file that is no image",
+            PushParts { golden: vec![("x.jpg".into(), b"not a jpeg".to_vec())], ..good.clone() },
+            422,
+            "bad_golden",
+        ),
         ("no artifact", PushParts { artifact: None, ..good.clone() }, 422, "missing_part"),
         ("no manifest", PushParts { manifest: None, ..good.clone() }, 422, "missing_part"),
         ("a manifest that is not JSON", parts(b"{not json".to_vec(), detector.clone()), 422, "malformed"),
@@ -468,15 +517,17 @@ fn every_endpoint_checks_its_role() {
         (M::DELETE, "/models/defect/1", [403, 403, 403, 403]),
     ];
     for (method, path, expected) in cases {
-        let got: Vec<u16> = [&operator, &annotator, &device]
-            .iter()
-            .map(|t| send(method.clone(), path, t))
-            .collect();
+        let got: Vec<u16> = [&operator, &annotator, &device].iter().map(|t| send(method.clone(), path, t)).collect();
         let admin = if method == M::DELETE { 403 } else { send(method.clone(), path, &fleet.admin) };
         assert_eq!([admin, got[0], got[1], got[2]], expected, "{method} {path}");
         assert_eq!(send(method.clone(), path, "nope"), 401, "{method} {path}");
     }
     assert_eq!(send(M::DELETE, "/models/defect/1", &fleet.admin), 204);
+    let doc: Value = fleet.get(&operator, "/openapi.json").json().expect("openapi");
+    for path in ["/models", "/models/{name}/{version}", "/models/{name}/{version}/manifest",
+        "/models/{name}/{version}/artifact", "/models/{name}/{version}/deprecate"] {
+        assert!(doc["paths"][path].is_object(), "{path} is in the OpenAPI document");
+    }
     assert_eq!(send(M::GET, "/models/defect/1/artifact", &device), 404);
 }
 
@@ -497,10 +548,20 @@ fn versions_are_deprecated_and_deleted_and_numbers_never_reused() {
     assert_eq!(model["deprecated"]["reason"], "misses small scratches");
     assert_eq!(model["deprecated"]["by"], "olga");
     // Deprecating again keeps the first deprecation; a body that is not the documented one is refused.
-    let again: Value =
-        client().post(fleet.url("/models/defect/1/deprecate")).bearer_auth(&operator).send().expect("send").json().expect("json");
+    let again: Value = client()
+        .post(fleet.url("/models/defect/1/deprecate"))
+        .bearer_auth(&operator)
+        .send()
+        .expect("send")
+        .json()
+        .expect("json");
     assert_eq!(again["deprecated"], model["deprecated"]);
-    let r = client().post(fleet.url("/models/defect/1/deprecate")).bearer_auth(&operator).body("{\"why\": 1}").send().expect("send");
+    let r = client()
+        .post(fleet.url("/models/defect/1/deprecate"))
+        .bearer_auth(&operator)
+        .body("{\"why\": 1}")
+        .send()
+        .expect("send");
     assert_eq!(r.status(), 422);
     // Still downloadable: devices may run it.
     assert_eq!(fleet.get(&fleet.device("press-1"), "/models/defect/1/artifact").status(), 200);
@@ -564,9 +625,11 @@ fn the_cli_signs_pushes_lists_shows_deprecates_and_deletes() {
     }
     let model = root().join(DETECTOR).display().to_string();
     for (key, out) in [("release.key", "good.manifest.json"), ("other.key", "untrusted.manifest.json")] {
-        let (ok, _, err) = outpost(&fleet, &operator, &[
-            "model", "sign", "--key", key, "--model", &model, "--name", "defect", "--version", "4", "--out", out,
-        ]);
+        let (ok, _, err) = outpost(
+            &fleet,
+            &operator,
+            &["model", "sign", "--key", key, "--model", &model, "--name", "defect", "--version", "4", "--out", out],
+        );
         assert!(ok, "{err}");
     }
     let golden = dir.join("golden");
@@ -592,13 +655,17 @@ fn the_cli_signs_pushes_lists_shows_deprecates_and_deletes() {
 
     let (ok, out, err) = outpost(&fleet, &operator, &["model", "list"]);
     assert!(ok, "{err}");
-    assert!(out.lines().nth(1).is_some_and(|l| l.starts_with("defect") && l.contains(" 4 ") && l.ends_with("active")), "{out}");
+    assert!(
+        out.lines().nth(1).is_some_and(|l| l.starts_with("defect") && l.contains(" 4 ") && l.ends_with("active")),
+        "{out}"
+    );
     let (ok, out, _) = outpost(&fleet, &operator, &["model", "list", "--json"]);
     let list: Vec<Value> = serde_json::from_str(&out).expect("json list");
     assert!(ok && list.len() == 1 && list[0]["version"] == 4, "{out}");
     let (ok, out, _) = outpost(&fleet, &operator, &["model", "show", "defect", "4"]);
     assert!(ok && out.contains("artifact: sha256") && out.contains("/api/v1/models/defect/4/artifact"), "{out}");
-    let (ok, out, _) = outpost(&fleet, &operator, &["model", "deprecate", "defect", "4", "--reason", "too slow", "--json"]);
+    let (ok, out, _) =
+        outpost(&fleet, &operator, &["model", "deprecate", "defect", "4", "--reason", "too slow", "--json"]);
     let shown: Value = serde_json::from_str(&out).expect("json");
     assert!(ok && shown["deprecated"]["reason"] == "too slow", "{out}");
     let (ok, _, err) = outpost(&fleet, &operator, &["model", "delete", "defect", "4"]);

@@ -142,7 +142,11 @@ enum PartError {
 }
 
 /// Reads a whole part of at most `max` bytes.
-async fn read_part(field: &mut Field<'_>, max: usize, too_large: impl Fn() -> ModelError) -> Result<Vec<u8>, PartError> {
+async fn read_part(
+    field: &mut Field<'_>,
+    max: usize,
+    too_large: impl Fn() -> ModelError,
+) -> Result<Vec<u8>, PartError> {
     let mut out = Vec::new();
     while let Some(chunk) = field.chunk().await.map_err(|e| PartError::Transport(multipart_error(&e)))? {
         if out.len().saturating_add(chunk.len()) > max {
@@ -176,7 +180,11 @@ async fn drain(field: &mut Field<'_>) -> Result<(), ApiError> {
 
 /// `POST /models`, multipart: `manifest` (the signed envelope), `artifact` (the ONNX file), any number of `golden`
 /// parts (an image each, named by the part's filename) and an optional `golden_labels` (labels.json).
-async fn push(State(state): State<AppState>, caller: Caller, request: axum::extract::Request) -> Result<Response, ApiError> {
+async fn push(
+    State(state): State<AppState>,
+    caller: Caller,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
     // The role first, then the configuration, then the body. A refusal reads the rest of the body first (bounded
     // by the route's body limit): the client is still sending, and should get the answer, not a reset connection.
     let refusal = match caller.require(Role::Operator) {
@@ -194,9 +202,8 @@ async fn push(State(state): State<AppState>, caller: Caller, request: axum::extr
         .map_err(|e| ApiError::new(e.status().as_u16(), "bad_multipart", e.body_text()))?;
     let limits = *state.models.limits();
     let staging = state.models.staging_file()?;
-    let mut file = tokio::fs::File::from_std(
-        staging.reopen().map_err(|e| ModelError::Internal(format!("staging file: {e}")))?,
-    );
+    let mut file =
+        tokio::fs::File::from_std(staging.reopen().map_err(|e| ModelError::Internal(format!("staging file: {e}")))?);
     let (mut manifest, mut artifact, mut labels) = (None::<Vec<u8>>, false, None::<Vec<u8>>);
     let mut golden = GoldenSet::default();
     let mut golden_bytes = 0u64;
@@ -212,7 +219,8 @@ async fn push(State(state): State<AppState>, caller: Caller, request: axum::extr
             continue;
         }
         let name = field.name().map(str::to_string);
-        let duplicate = || ApiError::new(422, "bad_push", format!("more than one `{}` part", name.as_deref().unwrap_or("")));
+        let duplicate =
+            || ApiError::new(422, "bad_push", format!("more than one `{}` part", name.as_deref().unwrap_or("")));
         let result = match name.as_deref() {
             Some("manifest") if manifest.is_some() => return Err(duplicate()),
             Some("manifest") => read_part(&mut field, MAX_ENVELOPE_BYTES, || {
@@ -229,19 +237,23 @@ async fn push(State(state): State<AppState>, caller: Caller, request: axum::extr
                 stream_part(&mut field, &mut file, limits.max_artifact_bytes).await.map(|_| ())
             }
             Some("golden_labels") if labels.is_some() => return Err(duplicate()),
-            Some("golden_labels") => {
-                read_part(&mut field, MAX_LABELS_BYTES, || ModelError::GoldenTooLarge("the labels part is over 1 MiB".into()))
-                    .await
-                    .map(|bytes| labels = Some(bytes))
-            }
+            Some("golden_labels") => read_part(&mut field, MAX_LABELS_BYTES, || {
+                ModelError::GoldenTooLarge("the labels part is over 1 MiB".into())
+            })
+            .await
+            .map(|bytes| labels = Some(bytes)),
             Some("golden") => {
                 let image = field.file_name().map(str::to_string).unwrap_or_default();
                 if !golden::valid_image_name(&image) {
-                    return Err(ModelError::BadGolden(format!("a `golden` part needs a plain file name, not {image:?}")).into());
+                    return Err(ModelError::BadGolden(format!(
+                        "a `golden` part needs a plain file name, not {image:?}"
+                    ))
+                    .into());
                 }
                 let left = limits.max_golden_bytes.saturating_sub(golden_bytes);
                 let max = usize::try_from(left).unwrap_or(usize::MAX);
-                let too_large = || ModelError::GoldenTooLarge(format!("more than {} bytes of images", limits.max_golden_bytes));
+                let too_large =
+                    || ModelError::GoldenTooLarge(format!("more than {} bytes of images", limits.max_golden_bytes));
                 match read_part(&mut field, max, too_large).await {
                     Ok(bytes) => {
                         golden_bytes = golden_bytes.saturating_add(bytes.len() as u64);
@@ -341,9 +353,12 @@ async fn artifact(
         Ranged::Full => (StatusCode::OK, 0, length.saturating_sub(1)),
         Ranged::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
         Ranged::Unsatisfiable => {
-            let mut response =
-                ApiError::new(416, "range_not_satisfiable", format!("one byte range within 0-{} is served", length.saturating_sub(1)))
-                    .into_response();
+            let mut response = ApiError::new(
+                416,
+                "range_not_satisfiable",
+                format!("one byte range within 0-{} is served", length.saturating_sub(1)),
+            )
+            .into_response();
             let h = response.headers_mut();
             h.insert(header::CONTENT_RANGE, header_value(&format!("bytes */{length}")));
             h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -382,7 +397,8 @@ async fn deprecate(
     let request: DeprecateRequest = if body.iter().all(u8::is_ascii_whitespace) {
         DeprecateRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::new(422, "bad_request", format!("expected {{\"reason\": \"...\"}}: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(422, "bad_request", format!("expected {{\"reason\": \"...\"}}: {e}")))?
     };
     if request.reason.as_ref().is_some_and(|r| r.len() > 1000) {
         return Err(ApiError::new(422, "bad_request", "the reason is at most 1000 bytes"));

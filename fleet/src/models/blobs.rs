@@ -31,7 +31,11 @@ pub(crate) async fn put_artifact(blobs: &dyn ObjectStore, path: &str, bytes: Byt
     }
 }
 
-pub(crate) async fn put_manifest(blobs: &dyn ObjectStore, path: &str, bytes: Vec<u8>) -> Result<(), object_store::Error> {
+pub(crate) async fn put_manifest(
+    blobs: &dyn ObjectStore,
+    path: &str,
+    bytes: Vec<u8>,
+) -> Result<(), object_store::Error> {
     blobs.put(&BlobPath::from(path), PutPayload::from(bytes)).await.map(|_| ())
 }
 

@@ -37,7 +37,9 @@ pub fn check_model(
     let mut report = GoldenReport::default();
     for image in &golden.images {
         let result = vision.infer_encoded(&image.bytes).map_err(|error| match error {
-            VisionError::Decode(e) => ModelError::BadGolden(format!("`{}` is not a usable JPEG or PNG: {e}", image.name)),
+            VisionError::Decode(e) => {
+                ModelError::BadGolden(format!("`{}` is not a usable JPEG or PNG: {e}", image.name))
+            }
             error => ModelError::Golden {
                 image: image.name.clone(),
                 non_finite: error.kind() == "non_finite",

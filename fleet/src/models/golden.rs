@@ -69,9 +69,7 @@ pub fn valid_image_name(name: &str) -> bool {
 /// Parses a label mapping (`labels.json`).
 pub fn parse_labels(bytes: &[u8]) -> Result<BTreeMap<String, Expected>, ModelError> {
     serde_json::from_slice(bytes).map_err(|e| {
-        ModelError::BadGolden(format!(
-            "{LABELS_FILE} must map image names to a label or a list of labels: {e}"
-        ))
+        ModelError::BadGolden(format!("{LABELS_FILE} must map image names to a label or a list of labels: {e}"))
     })
 }
 
@@ -110,9 +108,8 @@ impl GoldenSet {
 /// Judges one image's result against its expectation. Returns whether the image had one.
 pub fn judge(image: &str, expected: Option<&Expected>, result: &FrameResult) -> Result<bool, ModelError> {
     let Some(expected) = expected else { return Ok(false) };
-    let mismatch = |expected: String, actual: String| {
-        Err(ModelError::GoldenLabel { image: image.to_string(), expected, actual })
-    };
+    let mismatch =
+        |expected: String, actual: String| Err(ModelError::GoldenLabel { image: image.to_string(), expected, actual });
     match result.task {
         Task::Classify => {
             let top = result.classes.first().map(|c| c.label.as_str());
@@ -127,11 +124,7 @@ pub fn judge(image: &str, expected: Option<&Expected>, result: &FrameResult) -> 
         Task::Detect => {
             let found: BTreeSet<&str> = result.detections.iter().map(|d| d.label.as_str()).collect();
             let describe = |found: &BTreeSet<&str>| {
-                if found.is_empty() {
-                    "no detection".to_string()
-                } else {
-                    format!("{found:?}")
-                }
+                if found.is_empty() { "no detection".to_string() } else { format!("{found:?}") }
             };
             let labels = expected.labels();
             if labels.is_empty() && !found.is_empty() {

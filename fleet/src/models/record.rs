@@ -89,7 +89,8 @@ impl StoredModel {
     }
 
     pub(crate) fn encode(&self) -> Result<Vec<u8>, ModelError> {
-        serde_json::to_vec(self).map_err(|e| ModelError::Corrupt { key: self.manifest.display_name(), detail: e.to_string() })
+        serde_json::to_vec(self)
+            .map_err(|e| ModelError::Corrupt { key: self.manifest.display_name(), detail: e.to_string() })
     }
 
     pub(crate) fn decode(key: &[u8], bytes: &[u8]) -> Result<StoredModel, ModelError> {
@@ -97,7 +98,11 @@ impl StoredModel {
             .map_err(|e| ModelError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), detail: e.to_string() })
     }
 
-    pub(crate) fn load(store: &dyn Store, name: &str, version: u64) -> Result<Option<(Vec<u8>, StoredModel)>, ModelError> {
+    pub(crate) fn load(
+        store: &dyn Store,
+        name: &str,
+        version: u64,
+    ) -> Result<Option<(Vec<u8>, StoredModel)>, ModelError> {
         let key = key(name, version);
         match store.get(MODELS, &key)? {
             Some(bytes) => Ok(Some((bytes.clone(), StoredModel::decode(&key, &bytes)?))),
@@ -136,7 +141,9 @@ mod tests {
 
     #[test]
     fn names_are_checked() {
-        for (name, ok) in [("defect", true), ("a.b_c-1", true), ("", false), ("a/b", false), ("a\0", false), ("é", false)] {
+        for (name, ok) in
+            [("defect", true), ("a.b_c-1", true), ("", false), ("a/b", false), ("a\0", false), ("é", false)]
+        {
             assert_eq!(valid_name(name), ok, "{name:?}");
         }
         assert!(valid_name(&"a".repeat(128)) && !valid_name(&"a".repeat(129)));

@@ -64,8 +64,13 @@ pub struct DeprecateArgs {
     fleet: FleetArgs,
 }
 
-/// Golden images and the labels file from a folder, in name order.
-fn golden_parts(dir: &Path) -> anyhow::Result<(Vec<(String, Vec<u8>)>, Option<Vec<u8>>)> {
+/// Golden images `(file name, bytes)` in name order, and the labels file when there is one.
+struct GoldenDir {
+    images: Vec<(String, Vec<u8>)>,
+    labels: Option<Vec<u8>>,
+}
+
+fn golden_parts(dir: &Path) -> anyhow::Result<GoldenDir> {
     let mut images = Vec::new();
     let mut labels = None;
     let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
@@ -84,7 +89,7 @@ fn golden_parts(dir: &Path) -> anyhow::Result<(Vec<(String, Vec<u8>)>, Option<Ve
     }
     images.sort();
     anyhow::ensure!(!images.is_empty(), "no *.jpg, *.jpeg or *.png images in {}", dir.display());
-    Ok((images, labels))
+    Ok(GoldenDir { images, labels })
 }
 
 fn time(t: time::OffsetDateTime) -> String {
@@ -138,7 +143,8 @@ pub fn push(args: &PushArgs) -> anyhow::Result<Outcome> {
     let manifest = std::fs::read(&args.manifest).with_context(|| format!("reading {}", args.manifest.display()))?;
     let length = std::fs::metadata(&args.model).with_context(|| format!("reading {}", args.model.display()))?.len();
     let golden = args.golden.as_deref().map(golden_parts).transpose()?;
-    let file_name = args.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model.onnx".into());
+    let file_name =
+        args.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model.onnx".into());
     let fleet = Fleet::new(&args.fleet)?;
     let model = args.model.clone();
     let answer: PushAnswer = fleet.send_built(
@@ -148,7 +154,7 @@ pub fn push(args: &PushArgs) -> anyhow::Result<Outcome> {
             let mut form = Form::new()
                 .part("manifest", Part::bytes(manifest).file_name("manifest.json"))
                 .part("artifact", Part::stream_with_length(body, length).file_name(file_name));
-            if let Some((images, labels)) = golden {
+            if let Some(GoldenDir { images, labels }) = golden {
                 for (name, bytes) in images {
                     form = form.part("golden", Part::bytes(bytes).file_name(name));
                 }
