@@ -524,8 +524,13 @@ fn every_endpoint_checks_its_role() {
     }
     assert_eq!(send(M::DELETE, "/models/defect/1", &fleet.admin), 204);
     let doc: Value = fleet.get(&operator, "/openapi.json").json().expect("openapi");
-    for path in ["/models", "/models/{name}/{version}", "/models/{name}/{version}/manifest",
-        "/models/{name}/{version}/artifact", "/models/{name}/{version}/deprecate"] {
+    for path in [
+        "/models",
+        "/models/{name}/{version}",
+        "/models/{name}/{version}/manifest",
+        "/models/{name}/{version}/artifact",
+        "/models/{name}/{version}/deprecate",
+    ] {
         assert!(doc["paths"][path].is_object(), "{path} is in the OpenAPI document");
     }
     assert_eq!(send(M::GET, "/models/defect/1/artifact", &device), 404);
@@ -674,4 +679,56 @@ fn the_cli_signs_pushes_lists_shows_deprecates_and_deletes() {
     assert!(ok && out.contains("deleted defect v4"), "{err}");
     let (ok, _, err) = outpost(&fleet, &operator, &["model", "show", "defect", "4"]);
     assert!(!ok && err.contains("not_found"), "{err}");
+}
+
+/// The rollouts' side of the registry, as a library: a version a rollout uses is not deleted, and what the engine
+/// reads back ([`Models::get`]) is the envelope devices verify.
+#[test]
+fn a_version_in_a_rollout_cannot_be_deleted_and_get_gives_the_signed_envelope() {
+    use outpost_common::manifest::{Floors, Policy, TrustedKeys, verify_envelope};
+    use outpost_fleet::models::{ModelLimits, Models, Push, Pushed, VersionsInUse};
+
+    #[derive(Debug)]
+    struct InRollout;
+    impl VersionsInUse for InRollout {
+        fn in_use(&self, name: &str, version: u64) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+            Ok(name == "defect" && version == 5)
+        }
+    }
+
+    let dir = tempfile::tempdir().expect("dir");
+    let store = outpost_common::store::SledStore::open(&dir.path().join("db")).expect("store");
+    let blobs = outpost_fleet::samples::local_dir(&dir.path().join("blobs")).expect("blobs");
+    let trusted = TrustedKeys::new([key(1).public()], 1).expect("keys");
+    let limits = ModelLimits { max_artifact_bytes: 64 << 20, max_golden_images: 4, max_golden_bytes: 1 << 20 };
+    let models = Models::new(store, blobs, Some(trusted.clone()), limits, None, dir.path().join("tmp"));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+
+    let bytes = read(DETECTOR);
+    let artifact = dir.path().join("m.onnx");
+    std::fs::write(&artifact, &bytes).expect("artifact");
+    for version in [5, 6] {
+        let manifest = sign(&manifest_of(DETECTOR, &bytes, "defect", version), &[key(1)]);
+        let push = Push { manifest: &manifest, artifact: &artifact, golden: Default::default(), by: "ci" };
+        let (pushed, _) = runtime.block_on(models.push(push, time::OffsetDateTime::now_utc())).expect("stored");
+        assert_eq!(pushed, Pushed::New);
+    }
+
+    let err = runtime.block_on(models.delete("defect", 5, &InRollout)).expect_err("in a rollout");
+    assert_eq!((err.code(), err.kind().http_status()), ("in_use", 409));
+    let stored = models.get("defect", 5).expect("read").expect("still stored");
+    let floors = Floors::default();
+    let policy = Policy { now: time::OffsetDateTime::now_utc(), family: Some("x86_64-cpu"), floors: &floors };
+    let verified = verify_envelope(&stored.envelope, &trusted, &policy).expect("devices verify what is stored");
+    assert_eq!(verified.manifest(), &stored.manifest);
+    assert_eq!(
+        outpost_fleet::models::artifact_url("https://fleet.example/", "defect", 5),
+        "https://fleet.example/api/v1/models/defect/5/artifact"
+    );
+
+    runtime.block_on(models.delete("defect", 6, &InRollout)).expect("not in a rollout");
+    assert!(models.get("defect", 6).expect("read").is_none());
+    let versions: Vec<u64> = models.list(Some("defect"), 10).expect("list").iter().map(|m| m.version()).collect();
+    assert_eq!(versions, [5]);
+    assert!(models.get("../x", 1).expect("a bad name is no model").is_none());
 }

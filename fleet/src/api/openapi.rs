@@ -20,41 +20,10 @@ fn op(summary: &str, role: &str, body: Option<&str>) -> Value {
     op
 }
 
-/// The document.
-pub fn spec() -> Value {
+/// The model registry's paths (docs/PROTOCOL.md, "Model registry"); a separate value keeps `json!` within its
+/// recursion limit.
+fn model_paths() -> Value {
     json!({
-        "openapi": "3.1.0",
-        "info": {"title": "Outpost fleet API", "version": env!("CARGO_PKG_VERSION")},
-        "servers": [{"url": "/api/v1"}],
-        "paths": {
-            "/devices": {
-                "get": op("List enrolled devices", "operator", None),
-                "post": op("Enroll a device: credentials (shown once) and an agent config", "admin", Some("#/components/schemas/EnrollRequest"))
-            },
-            "/devices/{id}": {"get": op("One device", "operator", None)},
-            "/devices/{id}/revoke": {"post": op("Revoke a device: no more connections, uploads or trusted messages", "admin", None)},
-            "/fleet/devices": {"get": op("Devices with their online state, last status and totals from telemetry", "operator", None)},
-            "/fleet/devices/{id}/windows": {"get": op("Stored window summaries of a device for one model version (?model=&version=&from=&to=&limit=)", "operator", None)},
-            "/drift": {"get": op("Drift status per model version and tag group (?model=&version=)", "operator", None)},
-            "/drift/alerts": {"get": op("Drift alerts, oldest first (?after=&limit=)", "operator", None)},
-            "/ingest": {"get": op("Messages accepted and dropped, by reason", "operator", None)},
-            "/samples/{sha256}": {"put": {
-                "summary": "Upload a flagged sample: multipart `meta` (SampleMeta JSON) and `image` (docs/PROTOCOL.md)",
-                "x-outpost-role": "device",
-                "security": [{"bearer": []}],
-                "responses": {"200": {"description": "already stored"}, "201": {"description": "stored"},
-                    "413": {"$ref": "#/components/responses/Error"}, "422": {"$ref": "#/components/responses/Error"}}
-            }},
-            "/annotate/claim": {"post": op("Claim up to `count` samples of `model` (least confident first, balanced over classes and sites)", "annotator", Some("#/components/schemas/ClaimRequest"))},
-            "/annotate/counts": {"get": op("Samples per state (?model=)", "annotator", None)},
-            "/annotate/samples/{sha256}": {"get": op("A sample with its pre-annotations and state", "annotator", None)},
-            "/annotate/samples/{sha256}/image": {"get": op("The sample's image, as the camera encoded it", "annotator", None)},
-            "/annotate/samples/{sha256}/label": {"post": op("Label a claimed sample: {kind: classify, class} or {kind: detect, boxes: [{class, bbox}]}", "annotator", None)},
-            "/annotate/samples/{sha256}/skip": {"post": op("Give a claimed sample back", "annotator", None)},
-            "/annotate/samples/{sha256}/reject": {"post": op("Reject a claimed sample as unusable ({reason})", "annotator", None)},
-            "/annotate/samples/{sha256}/review": {"post": op("Accept a label or send it back ({decision: accept} | {decision: send_back, note})", "operator", None)},
-            "/exports": {"post": op("Export labelled samples (yolo, coco, imagenet, label-studio) into a folder on the fleet's machine", "operator", None)},
-            "/imports/label-studio": {"post": op("Apply a Label Studio JSON export as labels", "operator", None)},
             "/models": {
                 "get": op("Stored model versions, in (name, version) order (?name=)", "operator", None),
                 "post": {
@@ -90,7 +59,45 @@ pub fn spec() -> Value {
                     "401": {"$ref": "#/components/responses/Error"}, "403": {"$ref": "#/components/responses/Error"},
                     "404": {"$ref": "#/components/responses/Error"}, "416": {"$ref": "#/components/responses/Error"}}
             }},
-            "/models/{name}/{version}/deprecate": {"post": op("Deprecate a version (optional body {reason}); it stays downloadable", "operator", None)},
+            "/models/{name}/{version}/deprecate": {"post": op("Deprecate a version (optional body {reason}); it stays downloadable", "operator", None)}
+    })
+}
+
+/// The document.
+pub fn spec() -> Value {
+    let mut doc = json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Outpost fleet API", "version": env!("CARGO_PKG_VERSION")},
+        "servers": [{"url": "/api/v1"}],
+        "paths": {
+            "/devices": {
+                "get": op("List enrolled devices", "operator", None),
+                "post": op("Enroll a device: credentials (shown once) and an agent config", "admin", Some("#/components/schemas/EnrollRequest"))
+            },
+            "/devices/{id}": {"get": op("One device", "operator", None)},
+            "/devices/{id}/revoke": {"post": op("Revoke a device: no more connections, uploads or trusted messages", "admin", None)},
+            "/fleet/devices": {"get": op("Devices with their online state, last status and totals from telemetry", "operator", None)},
+            "/fleet/devices/{id}/windows": {"get": op("Stored window summaries of a device for one model version (?model=&version=&from=&to=&limit=)", "operator", None)},
+            "/drift": {"get": op("Drift status per model version and tag group (?model=&version=)", "operator", None)},
+            "/drift/alerts": {"get": op("Drift alerts, oldest first (?after=&limit=)", "operator", None)},
+            "/ingest": {"get": op("Messages accepted and dropped, by reason", "operator", None)},
+            "/samples/{sha256}": {"put": {
+                "summary": "Upload a flagged sample: multipart `meta` (SampleMeta JSON) and `image` (docs/PROTOCOL.md)",
+                "x-outpost-role": "device",
+                "security": [{"bearer": []}],
+                "responses": {"200": {"description": "already stored"}, "201": {"description": "stored"},
+                    "413": {"$ref": "#/components/responses/Error"}, "422": {"$ref": "#/components/responses/Error"}}
+            }},
+            "/annotate/claim": {"post": op("Claim up to `count` samples of `model` (least confident first, balanced over classes and sites)", "annotator", Some("#/components/schemas/ClaimRequest"))},
+            "/annotate/counts": {"get": op("Samples per state (?model=)", "annotator", None)},
+            "/annotate/samples/{sha256}": {"get": op("A sample with its pre-annotations and state", "annotator", None)},
+            "/annotate/samples/{sha256}/image": {"get": op("The sample's image, as the camera encoded it", "annotator", None)},
+            "/annotate/samples/{sha256}/label": {"post": op("Label a claimed sample: {kind: classify, class} or {kind: detect, boxes: [{class, bbox}]}", "annotator", None)},
+            "/annotate/samples/{sha256}/skip": {"post": op("Give a claimed sample back", "annotator", None)},
+            "/annotate/samples/{sha256}/reject": {"post": op("Reject a claimed sample as unusable ({reason})", "annotator", None)},
+            "/annotate/samples/{sha256}/review": {"post": op("Accept a label or send it back ({decision: accept} | {decision: send_back, note})", "operator", None)},
+            "/exports": {"post": op("Export labelled samples (yolo, coco, imagenet, label-studio) into a folder on the fleet's machine", "operator", None)},
+            "/imports/label-studio": {"post": op("Apply a Label Studio JSON export as labels", "operator", None)},
             "/users": {"post": op("Create an API token for a user with a role (annotator, operator, admin)", "admin", Some("#/components/schemas/UserRequest"))},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OK"}}}}
         },
@@ -130,7 +137,11 @@ pub fn spec() -> Value {
                 "Error": {"description": "An error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
             }
         }
-    })
+    });
+    if let (Some(paths), Value::Object(models)) = (doc["paths"].as_object_mut(), model_paths()) {
+        paths.extend(models);
+    }
+    doc
 }
 
 pub async fn document() -> Json<Value> {
