@@ -16,7 +16,7 @@ pub enum CandidateError {
     #[error("the model does not load: {0}")]
     Load(VisionError),
     #[error("the model does not match its manifest: {0}")]
-    Mismatch(String),
+    Mismatch(crate::manifest::VerifyError),
     #[error("the model failed its warm-up on frame {frame}: {error}")]
     WarmUp { frame: usize, error: VisionError },
 }
@@ -42,7 +42,7 @@ pub fn load(
 ) -> Result<Vision, CandidateError> {
     let options = VisionOptions { hints: verified.manifest().spec_hints(), ..options };
     let vision = Vision::load(rt, bytes, options).map_err(CandidateError::Load)?;
-    verified.check_spec(vision.spec()).map_err(|e| CandidateError::Mismatch(e.to_string()))?;
+    verified.check_spec(vision.spec()).map_err(CandidateError::Mismatch)?;
     Ok(vision)
 }
 

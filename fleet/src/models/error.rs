@@ -68,9 +68,7 @@ impl From<CandidateError> for ModelError {
     fn from(e: CandidateError) -> ModelError {
         match e {
             CandidateError::Load(e) => ModelError::Load(format!("the model does not load: {e}")),
-            CandidateError::Mismatch(detail) => ModelError::Verify(VerifyError::ModelMismatch(
-                detail.trim_start_matches("the artifact is not the model the manifest describes: ").to_string(),
-            )),
+            CandidateError::Mismatch(e) => ModelError::Verify(e),
             CandidateError::WarmUp { frame, error } => ModelError::Golden {
                 image: format!("neutral frame {frame}"),
                 non_finite: error.kind() == "non_finite",

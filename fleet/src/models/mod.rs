@@ -183,6 +183,14 @@ impl Models {
         tmp_dir: PathBuf,
     ) -> Result<Models, String> {
         let trusted = config.trusted()?;
+        // Staged uploads left by a process that died mid-push: nothing refers to them.
+        if let Ok(entries) = std::fs::read_dir(&tmp_dir) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with("push-") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         if trusted.is_none() {
             tracing::warn!("no [models] trusted_keys: model pushes are refused");
         }
