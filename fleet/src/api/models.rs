@@ -193,8 +193,14 @@ async fn push(
         Ok(()) => None,
     };
     if let Some(e) = refusal {
-        let mut body = request.into_body().into_data_stream();
-        while let Some(Ok(_)) = body.next().await {}
+        // The raw body has no limit of its own: stop reading at the push limit.
+        let (mut body, mut left) = (request.into_body().into_data_stream(), state.models.limits().max_body());
+        while let Some(Ok(chunk)) = body.next().await {
+            left = left.saturating_sub(chunk.len());
+            if left == 0 {
+                break;
+            }
+        }
         return Err(e);
     }
     let mut form = <Multipart as axum::extract::FromRequest<()>>::from_request(request, &())
