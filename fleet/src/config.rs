@@ -26,6 +26,9 @@ pub struct FleetConfig {
     pub annotation: AnnotationConfig,
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// The model registry: trusted signing keys, size caps.
+    #[serde(default)]
+    pub models: crate::models::ModelsConfig,
 }
 
 /// `[alerts]`: where drift alerts go besides the store, the log and the API.
@@ -92,8 +95,9 @@ pub enum ConfigError {
 
 impl FleetConfig {
     pub fn parse(text: &str, path: &Path) -> Result<FleetConfig, ConfigError> {
-        let config: FleetConfig = toml::from_str(text)
+        let mut config: FleetConfig = toml::from_str(text)
             .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        config.models.resolve_paths(path.parent().unwrap_or(Path::new(".")));
         config.validate()?;
         Ok(config)
     }
@@ -112,6 +116,7 @@ impl FleetConfig {
         if b.embedded && b.listen == b.listen_v5 {
             return Err(ConfigError::Invalid("broker.listen and broker.listen_v5 must differ".into()));
         }
+        self.models.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

@@ -115,6 +115,7 @@ async fn demo(args: &DemoArgs) -> Result<()> {
             ..Default::default()
         },
         alerts: Default::default(),
+        models: Default::default(),
     };
     let fleet_stop = CancellationToken::new();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

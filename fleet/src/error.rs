@@ -20,6 +20,8 @@ pub enum ErrorKind {
     Conflict,
     /// The caller's role may do this in general but not here (a reviewer reviewing their own label). `403`.
     Forbidden,
+    /// The fleet is not set up to do this (no trusted keys for model pushes, no ONNX Runtime). `503`.
+    Unavailable,
     /// Ours: the store or the object store failed, or a stored record does not parse. `500`.
     Internal,
 }
@@ -33,6 +35,7 @@ impl ErrorKind {
             ErrorKind::NotFound => 404,
             ErrorKind::Conflict => 409,
             ErrorKind::Forbidden => 403,
+            ErrorKind::Unavailable => 503,
             ErrorKind::Internal => 500,
         }
     }
@@ -44,6 +47,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::Conflict => "conflict",
             ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Unavailable => "unavailable",
             ErrorKind::Internal => "internal",
         }
     }

@@ -184,7 +184,7 @@ pub async fn run(
         _ => None,
     };
     let blobs = crate::samples::local_dir(&config.state_dir.join("blobs")).context("opening the image store")?;
-    let samples = crate::samples::Samples::new(store.clone(), blobs, crate::samples::IntakeLimits::default());
+    let samples = crate::samples::Samples::new(store.clone(), blobs.clone(), crate::samples::IntakeLimits::default());
     let catalog = Arc::new(FleetCatalog { registry: registry.clone(), labels: config.annotation.labels.clone() });
     let queue = Arc::new(crate::annotate::Queue::new(samples.clone(), catalog, config.annotation.queue.clone()));
     {
@@ -194,11 +194,17 @@ pub async fn run(
             tracing::warn!(error = %e, "annotation indexes not rebuilt");
         }
     }
+    let models =
+        crate::models::Models::from_config(store.clone(), blobs.clone(), &config.models, config.state_dir.join("tmp"))
+            .map_err(anyhow::Error::msg)?;
     let state = AppState {
         registry: registry.clone(),
         ingest: ingest.clone(),
         samples,
         queue,
+        models,
+        // TODO(rollouts): the rollout engine answers this once fleet/src/rollout/ is merged; no rollouts exist yet.
+        models_in_use: Arc::new(crate::models::NoRollouts),
         public: public.clone(),
         ready: ready_flag.clone(),
         mosquitto,

@@ -3,6 +3,7 @@
 //!
 //! Everything but [`engine`] is pure and tested without ONNX Runtime.
 
+pub mod candidate;
 pub mod confidence;
 pub mod decode;
 pub mod engine;

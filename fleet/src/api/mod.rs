@@ -3,6 +3,7 @@
 
 pub mod annotate;
 pub mod devices;
+pub mod models;
 pub mod openapi;
 pub mod telemetry;
 pub mod tls;
@@ -29,6 +30,9 @@ pub struct AppState {
     pub ingest: Arc<crate::ingest::Ingest>,
     pub samples: crate::samples::Samples,
     pub queue: Arc<crate::annotate::Queue>,
+    pub models: crate::models::Models,
+    /// Whether a model version is in a rollout (it cannot be deleted then).
+    pub models_in_use: Arc<dyn crate::models::VersionsInUse>,
     /// How devices reach the fleet, written into enrollment configs.
     pub public: PublicUrls,
     pub ready: Arc<std::sync::atomic::AtomicBool>,
@@ -143,6 +147,7 @@ pub fn router(state: AppState) -> axum::Router {
             devices::routes()
                 .merge(telemetry::routes())
                 .merge(annotate::routes(max_upload))
+                .merge(models::routes(state.models.limits().max_body()))
                 .route("/openapi.json", get(openapi::document)),
         )
         .route("/healthz", get(|| async { "ok" }))

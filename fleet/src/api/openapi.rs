@@ -20,9 +20,52 @@ fn op(summary: &str, role: &str, body: Option<&str>) -> Value {
     op
 }
 
+/// The model registry's paths (docs/PROTOCOL.md, "Model registry"); a separate value keeps `json!` within its
+/// recursion limit.
+fn model_paths() -> Value {
+    json!({
+            "/models": {
+                "get": op("Stored model versions, in (name, version) order (?name=)", "operator", None),
+                "post": {
+                    "summary": "Push a signed model: multipart `manifest` (signed envelope), `artifact` (ONNX), `golden` images (filename = image name), optional `golden_labels` (JSON: image name → label or labels). Verified, checked and run before anything is stored (docs/PROTOCOL.md, \"Model registry\")",
+                    "x-outpost-role": "operator",
+                    "security": [{"bearer": []}],
+                    "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {"type": "object",
+                        "required": ["manifest", "artifact"],
+                        "properties": {
+                            "manifest": {"type": "string", "format": "binary"},
+                            "artifact": {"type": "string", "format": "binary"},
+                            "golden": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                            "golden_labels": {"type": "string", "format": "binary"}
+                        }}}}},
+                    "responses": {"200": {"description": "this exact version was stored before; nothing written"},
+                        "201": {"description": "stored"},
+                        "401": {"$ref": "#/components/responses/Error"}, "403": {"$ref": "#/components/responses/Error"},
+                        "409": {"$ref": "#/components/responses/Error"}, "413": {"$ref": "#/components/responses/Error"},
+                        "422": {"$ref": "#/components/responses/Error"}, "503": {"$ref": "#/components/responses/Error"}}
+                }
+            },
+            "/models/{name}/{version}": {
+                "get": op("One stored version: manifest fields, signers, golden results, deprecation", "operator", None),
+                "delete": op("Delete a version; 409 `in_use` while a rollout uses it", "admin", None)
+            },
+            "/models/{name}/{version}/manifest": {"get": op("The signed manifest envelope exactly as pushed", "device, operator", None)},
+            "/models/{name}/{version}/artifact": {"get": {
+                "summary": "The ONNX artifact; one `Range: bytes=` range gives 206 with Content-Range, anything else unsatisfiable 416 with `Content-Range: bytes */length`; ETag is the quoted sha256; Accept-Ranges: bytes",
+                "x-outpost-role": "device, operator",
+                "security": [{"bearer": []}],
+                "parameters": [{"name": "Range", "in": "header", "required": false, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "the whole artifact"}, "206": {"description": "the range asked for"},
+                    "401": {"$ref": "#/components/responses/Error"}, "403": {"$ref": "#/components/responses/Error"},
+                    "404": {"$ref": "#/components/responses/Error"}, "416": {"$ref": "#/components/responses/Error"}}
+            }},
+            "/models/{name}/{version}/deprecate": {"post": op("Deprecate a version (optional body {reason}); it stays downloadable", "operator", None)}
+    })
+}
+
 /// The document.
 pub fn spec() -> Value {
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {"title": "Outpost fleet API", "version": env!("CARGO_PKG_VERSION")},
         "servers": [{"url": "/api/v1"}],
@@ -94,7 +137,11 @@ pub fn spec() -> Value {
                 "Error": {"description": "An error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
             }
         }
-    })
+    });
+    if let (Some(paths), Value::Object(models)) = (doc["paths"].as_object_mut(), model_paths()) {
+        paths.extend(models);
+    }
+    doc
 }
 
 pub async fn document() -> Json<Value> {

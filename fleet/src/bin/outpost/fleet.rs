@@ -40,19 +40,48 @@ impl Fleet {
     }
 
     fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        let bytes = self.send_bytes(request)?;
+        serde_json::from_slice(&bytes).context("the fleet's answer is not what this CLI expects")
+    }
+
+    /// Sends a request built inside the runtime's context (for bodies that stream from files); `path` is under the
+    /// base URL.
+    pub fn send_built<T: DeserializeOwned>(
+        &self,
+        build: impl FnOnce(&reqwest::Client, String) -> anyhow::Result<reqwest::RequestBuilder>,
+        path: &str,
+    ) -> anyhow::Result<T> {
+        let request = {
+            let _context = self.runtime.enter();
+            build(&self.client, format!("{}{path}", self.base))?
+        };
+        self.send(request)
+    }
+
+    /// `DELETE`, expecting an empty success.
+    pub fn delete(&self, path: &str) -> anyhow::Result<()> {
+        self.send_bytes(self.client.delete(format!("{}{path}", self.base))).map(|_| ())
+    }
+
+    fn send_bytes(&self, request: reqwest::RequestBuilder) -> anyhow::Result<bytes::Bytes> {
         self.runtime.block_on(async {
             let response =
                 request.bearer_auth(&self.token).send().await.with_context(|| format!("reaching {}", self.base))?;
             let status = response.status();
             let bytes = response.bytes().await?;
             if !status.is_success() {
-                let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-                    .ok()
-                    .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                let error = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+                let message = error
+                    .as_ref()
+                    .and_then(|v| v["error"]["message"].as_str())
+                    .map(|m| match error.as_ref().and_then(|v| v["error"]["code"].as_str()) {
+                        Some(code) => format!("{m} [{code}]"),
+                        None => m.to_string(),
+                    })
                     .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
                 bail!("the fleet answered {status}: {message}");
             }
-            serde_json::from_slice(&bytes).context("the fleet's answer is not what this CLI expects")
+            Ok(bytes)
         })
     }
 

@@ -8,6 +8,7 @@ mod fleet;
 mod keygen;
 mod keys;
 mod model;
+mod registry;
 mod samples;
 mod spec;
 mod trust;

@@ -1,4 +1,4 @@
-//! `outpost model sign` and `outpost model verify`.
+//! `outpost model sign` and `outpost model verify`; the registry commands are in `registry.rs`.
 
 use std::path::PathBuf;
 
@@ -19,6 +19,16 @@ pub enum Command {
     Sign(SignArgs),
     /// Verify a signed manifest (and the model file) as a device would; exit code 1 with the reason if not.
     Verify(VerifyArgs),
+    /// Upload a signed model to the fleet's registry, which checks it (signature, hash, model, golden images).
+    Push(crate::registry::PushArgs),
+    /// List the versions in the fleet's registry.
+    List(crate::registry::ListArgs),
+    /// One version's details.
+    Show(crate::registry::VersionArgs),
+    /// Mark a version deprecated (it stays downloadable; no new rollout should use it).
+    Deprecate(crate::registry::DeprecateArgs),
+    /// Delete a version that no rollout uses (admin token).
+    Delete(crate::registry::VersionArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,6 +96,11 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
         Command::Sign(args) => sign(&args),
         Command::Verify(args) => verify(&args),
+        Command::Push(args) => crate::registry::push(&args),
+        Command::List(args) => crate::registry::list(&args),
+        Command::Show(args) => crate::registry::show(&args),
+        Command::Deprecate(args) => crate::registry::deprecate(&args),
+        Command::Delete(args) => crate::registry::delete(&args),
     }
 }
 
