@@ -29,6 +29,8 @@ pub struct FleetConfig {
     /// The model registry: trusted signing keys, size caps.
     #[serde(default)]
     pub models: crate::models::ModelsConfig,
+    #[serde(default)]
+    pub rollouts: crate::rollout::RolloutConfig,
 }
 
 /// `[alerts]`: where drift alerts go besides the store, the log and the API.

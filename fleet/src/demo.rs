@@ -116,6 +116,7 @@ async fn demo(args: &DemoArgs) -> Result<()> {
         },
         alerts: Default::default(),
         models: Default::default(),
+        rollouts: Default::default(),
     };
     let fleet_stop = CancellationToken::new();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

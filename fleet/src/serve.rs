@@ -25,6 +25,7 @@ pub struct Running {
     pub ingest: Arc<Ingest>,
     /// Sends commands to devices.
     pub commands: crate::mqtt::Commands,
+    pub rollouts: crate::rollout::Engine,
 }
 
 /// Sites from the registry's `site=` tags, class names from the configuration.
@@ -49,10 +50,15 @@ fn ingest_loop(
     ingest: &Ingest,
     mut rx: tokio::sync::mpsc::Receiver<crate::mqtt::Incoming>,
     alerts: &crate::webhook::Alerts,
+    rollouts: &crate::rollout::Engine,
 ) {
     while let Some(m) = rx.blocking_recv() {
-        match ingest.ingest(&m.topic, &m.payload, time::OffsetDateTime::now_utc()) {
+        let now = time::OffsetDateTime::now_utc();
+        match ingest.ingest(&m.topic, &m.payload, now) {
             Ok(done) => {
+                if matches!(done.outcome, crate::ingest::Outcome::Status(_) | crate::ingest::Outcome::Event(_)) {
+                    rollouts.observe(&done, now);
+                }
                 for alert in done.alerts {
                     tracing::warn!(model = %alert.model.name, version = alert.model.version, psi = alert.psi, "drift alert");
                     alerts.send(alert);
@@ -161,10 +167,6 @@ pub async fn run(
         }
         None => crate::webhook::Alerts::none(),
     };
-    let ingest_task = {
-        let ingest = ingest.clone();
-        tokio::task::spawn_blocking(move || ingest_loop(&ingest, rx, &alerts))
-    };
     let maintenance = tokio::spawn(maintain(ingest.clone(), shutdown.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -175,6 +177,23 @@ pub async fn run(
     if config.http.public_url.is_none() {
         public.http = format!("{}://{http_addr}", config.http_scheme());
     }
+    let blobs = crate::samples::local_dir(&config.state_dir.join("blobs")).context("opening the image store")?;
+    let models =
+        crate::models::Models::from_config(store.clone(), blobs.clone(), &config.models, config.state_dir.join("tmp"))
+            .map_err(anyhow::Error::msg)?;
+    let rollouts = crate::rollout::Engine::open(
+        store.clone(),
+        ingest.clone(),
+        registry.clone(),
+        Arc::new(RegistryVersions { models: models.clone(), public_http: public.http.clone() }),
+        config.rollouts.clone(),
+    )
+    .context("loading rollouts")?;
+    let ingest_task = {
+        let (ingest, rollouts) = (ingest.clone(), rollouts.clone());
+        tokio::task::spawn_blocking(move || ingest_loop(&ingest, rx, &alerts, &rollouts))
+    };
+    let rollout_task = tokio::spawn(crate::rollout::engine::run(rollouts.clone(), commands.clone(), shutdown.clone()));
     let ready_flag = Arc::new(AtomicBool::new(false));
     let mosquitto = match (&config.broker.mosquitto_dir, &config.broker.username, &config.broker.password) {
         (Some(dir), Some(user), Some(password)) => Some((dir.clone(), user.clone(), password.clone())),
@@ -183,7 +202,6 @@ pub async fn run(
         }
         _ => None,
     };
-    let blobs = crate::samples::local_dir(&config.state_dir.join("blobs")).context("opening the image store")?;
     let samples = crate::samples::Samples::new(store.clone(), blobs.clone(), crate::samples::IntakeLimits::default());
     let catalog = Arc::new(FleetCatalog { registry: registry.clone(), labels: config.annotation.labels.clone() });
     let queue = Arc::new(crate::annotate::Queue::new(samples.clone(), catalog, config.annotation.queue.clone()));
@@ -194,20 +212,17 @@ pub async fn run(
             tracing::warn!(error = %e, "annotation indexes not rebuilt");
         }
     }
-    let models =
-        crate::models::Models::from_config(store.clone(), blobs.clone(), &config.models, config.state_dir.join("tmp"))
-            .map_err(anyhow::Error::msg)?;
     let state = AppState {
         registry: registry.clone(),
         ingest: ingest.clone(),
         samples,
         queue,
         models,
-        // TODO(rollouts): the rollout engine answers this once fleet/src/rollout/ is merged; no rollouts exist yet.
-        models_in_use: Arc::new(crate::models::NoRollouts),
+        models_in_use: Arc::new(rollouts.clone()),
         public: public.clone(),
         ready: ready_flag.clone(),
         mosquitto,
+        rollouts: rollouts.clone(),
     };
     state.refresh_mosquitto().map_err(|e| anyhow::anyhow!(e.message))?;
     let http =
@@ -235,6 +250,7 @@ pub async fn run(
         registry,
         ingest: ingest.clone(),
         commands,
+        rollouts,
     });
 
     shutdown.cancelled().await;
@@ -244,6 +260,7 @@ pub async fn run(
         tracing::warn!("the HTTP API did not stop within the deadline");
     }
     let _ = maintenance.await;
+    let _ = rollout_task.await;
     // The client's task ends with the shutdown and drops the sender, which ends the ingest loop.
     if tokio::time::timeout(deadline, ingest_task).await.is_err() {
         tracing::warn!("ingest did not finish within the deadline");
@@ -257,4 +274,24 @@ pub async fn run(
     }
     tracing::info!("fleet stopped");
     Ok(())
+}
+
+/// The model registry as the rollout engine sees it: a stored version's signed manifest and where to fetch it.
+#[derive(Debug)]
+struct RegistryVersions {
+    models: crate::models::Models,
+    public_http: String,
+}
+
+impl crate::rollout::VersionSource for RegistryVersions {
+    fn version(&self, name: &str, version: u64) -> Result<Option<crate::rollout::StoredVersion>, String> {
+        let stored = self.models.get(name, version).map_err(|e| e.to_string())?;
+        Ok(stored.map(|m| crate::rollout::StoredVersion {
+            artifact_url: crate::models::artifact_url(&self.public_http, name, version),
+            min_version: m.manifest.min_version.unwrap_or(0),
+            deprecated: m.deprecated.is_some(),
+            expires_at: m.manifest.expires_at,
+            manifest: m.envelope,
+        }))
+    }
 }

@@ -5,6 +5,7 @@ pub mod annotate;
 pub mod devices;
 pub mod models;
 pub mod openapi;
+pub mod rollouts;
 pub mod telemetry;
 pub mod tls;
 
@@ -38,6 +39,7 @@ pub struct AppState {
     pub ready: Arc<std::sync::atomic::AtomicBool>,
     /// Where Mosquitto's password and ACL files are kept current, with the fleet's own user: `(dir, user, password)`.
     pub mosquitto: Option<(std::path::PathBuf, String, String)>,
+    pub rollouts: crate::rollout::Engine,
 }
 
 impl AppState {
@@ -148,6 +150,7 @@ pub fn router(state: AppState) -> axum::Router {
                 .merge(telemetry::routes())
                 .merge(annotate::routes(max_upload))
                 .merge(models::routes(state.models.limits().max_body()))
+                .merge(rollouts::routes())
                 .route("/openapi.json", get(openapi::document)),
         )
         .route("/healthz", get(|| async { "ok" }))

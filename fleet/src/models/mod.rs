@@ -48,17 +48,6 @@ pub trait VersionsInUse: Send + Sync + std::fmt::Debug {
     fn in_use(&self, name: &str, version: u64) -> Result<bool, Box<dyn std::error::Error + Send + Sync>>;
 }
 
-/// No rollouts exist in this build yet, so no version is in one.
-// TODO(rollouts): replaced by the rollout engine's implementation when fleet/src/rollout/ is merged.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoRollouts;
-
-impl VersionsInUse for NoRollouts {
-    fn in_use(&self, _name: &str, _version: u64) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
-        Ok(false)
-    }
-}
-
 /// Where devices fetch a version's artifact, relative to the fleet's base URL. Agents resolve an `artifact_url`
 /// starting with `/` against their `[fleet] url`, so this form survives a change of the fleet's public address.
 pub fn artifact_path(name: &str, version: u64) -> String {

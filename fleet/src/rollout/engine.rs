@@ -34,6 +34,8 @@ pub struct StoredVersion {
     /// The manifest's anti-rollback floor: devices that commit this version refuse anything older.
     pub min_version: u64,
     pub deprecated: bool,
+    /// After this, devices refuse the manifest.
+    pub expires_at: OffsetDateTime,
 }
 
 /// Where signed versions come from: the model registry.
@@ -208,6 +210,12 @@ impl Engine {
         })?;
         if target.deprecated {
             return Err(RolloutError::Invalid(format!("{} v{} is deprecated", plan.model, plan.version)));
+        }
+        if target.expires_at <= now {
+            return Err(RolloutError::Invalid(format!(
+                "{} v{}'s manifest expired at {}; devices would refuse it",
+                plan.model, plan.version, target.expires_at
+            )));
         }
         let devices = self.inner.registry.list().map_err(|e| RolloutError::Registry(e.to_string()))?;
         let known: BTreeMap<&str, _> = devices.iter().filter(|d| !d.revoked).map(|d| (d.id.as_str(), d)).collect();
@@ -511,6 +519,12 @@ impl Engine {
             controls: controls.into_iter().map(|(id, _, prev)| (id.clone(), prev)).collect(),
             joined,
         }
+    }
+}
+
+impl crate::models::VersionsInUse for Engine {
+    fn in_use(&self, name: &str, version: u64) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Engine::in_use(self, name, version))
     }
 }
 

@@ -9,6 +9,7 @@ mod keygen;
 mod keys;
 mod model;
 mod registry;
+mod rollout;
 mod samples;
 mod spec;
 mod trust;
@@ -40,6 +41,9 @@ enum Command {
     /// Export labelled samples as a dataset (through the fleet's API).
     #[command(subcommand)]
     Samples(samples::Command),
+    /// Staged rollouts of model versions (through the fleet's API).
+    #[command(subcommand)]
+    Rollout(rollout::Command),
 }
 
 /// How a command ended: success, or a verification that said no (a one-line reason, exit code 1).
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         Command::Keys(command) => keys::run(command),
         Command::Device(command) => device::run(command),
         Command::Samples(command) => samples::run(command),
+        Command::Rollout(command) => rollout::run(command),
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
