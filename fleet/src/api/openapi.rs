@@ -63,6 +63,28 @@ fn model_paths() -> Value {
     })
 }
 
+/// Rollouts and the devices' assignment check.
+fn rollout_paths() -> Value {
+    json!({
+        "/rollouts": {
+            "get": op("Every rollout's header (plan, state, stage, history, last gate report), newest first", "operator", None),
+            "post": op("Create a rollout from a plan: model, version, target {tags, devices}, stages [{size: 1 | \"25%\", min_dwell_secs, min_reporting, approval}], gates {install, quality, latency, drift}, spread_tag", "operator", None)
+        },
+        "/rollouts/{id}": {"get": op("A rollout's status: its stages with their devices (phase, online, active version, target) and the gate figures, canary against control", "operator", None)},
+        "/rollouts/{id}/pause": {"post": op("Stop promoting stages; assigned devices still converge", "operator", None)},
+        "/rollouts/{id}/resume": {"post": op("Continue a paused rollout", "operator", None)},
+        "/rollouts/{id}/approve": {"post": op("Promote a stage that passed its gates and awaits approval", "operator", None)},
+        "/rollouts/{id}/abort": {"post": op("Abort (optional body {reason}): devices that got the new version go back to their previous one", "operator", None)},
+        "/devices/{id}/assignment": {"get": {
+            "summary": "What the device should run: an assign_model body (200) or nothing (204). The device itself, or an operator",
+            "x-outpost-role": "device, operator",
+            "security": [{"bearer": []}],
+            "responses": {"200": {"description": "assign_model"}, "204": {"description": "nothing assigned"},
+                "401": {"$ref": "#/components/responses/Error"}, "403": {"$ref": "#/components/responses/Error"}}
+        }}
+    })
+}
+
 /// The document.
 pub fn spec() -> Value {
     let mut doc = json!({
@@ -138,8 +160,10 @@ pub fn spec() -> Value {
             }
         }
     });
-    if let (Some(paths), Value::Object(models)) = (doc["paths"].as_object_mut(), model_paths()) {
-        paths.extend(models);
+    for extra in [model_paths(), rollout_paths()] {
+        if let (Some(paths), Value::Object(extra)) = (doc["paths"].as_object_mut(), extra) {
+            paths.extend(extra);
+        }
     }
     doc
 }
