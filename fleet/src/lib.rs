@@ -10,6 +10,7 @@ pub mod drift;
 pub mod error;
 pub mod export;
 pub mod ingest;
+pub mod load;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod registry;
