@@ -10,8 +10,8 @@
 //!
 //! Environment: `OUTPOST_LOAD_DEVICES` (comma-separated sizes, default `1000,10000`), `OUTPOST_LOAD_STEADY_SECS`
 //! (30), `OUTPOST_LOAD_WINDOW_SECS` (10), `OUTPOST_LOAD_CEILING_SECS` (20), `OUTPOST_LOAD_CEILING_RATE` (offered
-//! windows per second over all devices in the ceiling phase, 20000), `OUTPOST_LOAD_BATCH` (devices connected at a
-//! time, 500).
+//! windows per second over all devices in the ceiling phase, 40000), `OUTPOST_LOAD_BATCH` (devices connected at a
+//! time, 100).
 
 mod procs;
 mod run;
@@ -49,8 +49,8 @@ impl Settings {
             steady: Duration::from_secs(env("OUTPOST_LOAD_STEADY_SECS", 30)),
             window: Duration::from_secs(env("OUTPOST_LOAD_WINDOW_SECS", 10u64).max(1)),
             ceiling: Duration::from_secs(env("OUTPOST_LOAD_CEILING_SECS", 20)),
-            ceiling_rate: env("OUTPOST_LOAD_CEILING_RATE", 20_000.0f64).max(1.0),
-            batch: env("OUTPOST_LOAD_BATCH", 500),
+            ceiling_rate: env("OUTPOST_LOAD_CEILING_RATE", 40_000.0f64).max(1.0),
+            batch: env("OUTPOST_LOAD_BATCH", 100),
         }
     }
 }

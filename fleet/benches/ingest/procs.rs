@@ -54,6 +54,15 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// SIGKILL: for the baseline broker, which has no graceful shutdown (rumqttd cannot be stopped).
+    pub fn kill(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {

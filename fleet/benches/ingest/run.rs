@@ -41,6 +41,8 @@ pub struct Report {
     pub windows_stored: usize,
     pub catch_up_secs: f64,
     pub load_average: String,
+    /// Devices connected when each ceiling phase started (baseline, fleet).
+    pub connected: (usize, usize),
 }
 
 fn mib(bytes: f64) -> f64 {
@@ -48,7 +50,9 @@ fn mib(bytes: f64) -> f64 {
 }
 
 fn fmt_delays(d: Option<Delays>) -> String {
-    d.map_or("-".into(), |d| format!("p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} windows)", d.p50, d.p99, d.max, d.count))
+    d.map_or("-".into(), |d| {
+        format!("p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} windows)", d.p50, d.p99, d.max, d.count)
+    })
 }
 
 impl Report {
@@ -58,7 +62,10 @@ impl Report {
 
     pub fn print(&self) {
         println!("--- {} devices (load average {})", self.devices, self.load_average);
-        println!("  enrolled in {:.1} s, connected in {:.1} s", self.enroll_secs, self.connect_secs);
+        println!(
+            "  enrolled in {:.2} s, connected in {:.1} s; connected at the ceiling phase: {} (broker alone), {} (fleet)",
+            self.enroll_secs, self.connect_secs, self.connected.0, self.connected.1
+        );
         println!(
             "  ceiling: offered {:.0} msg/s; broker alone → no-op subscriber {:.0} msg/s; fleet stored {:.0} msg/s; \
              ratio {:.2} (fleet caught up {:.1} s after publishing stopped)",
@@ -199,6 +206,7 @@ async fn baseline(setup: &FleetSetup, creds: &[Credentials], s: &Settings, repor
         tracing::warn!(connected = swarm.connected(), devices = creds.len(), "baseline: not every device connected");
     }
     let (_, ceiling) = phases(creds.len(), s);
+    report.connected.0 = swarm.connected();
     let (before, start) = (received.load(Ordering::Relaxed), Instant::now());
     let published = swarm.run(&ceiling).await;
     let secs = start.elapsed().as_secs_f64();
@@ -207,7 +215,7 @@ async fn baseline(setup: &FleetSetup, creds: &[Credentials], s: &Settings, repor
     swarm.stop(Duration::from_secs(30)).await;
     stop.cancel();
     let _ = drain.await;
-    broker.stop(Duration::from_millis(100))?;
+    broker.kill()?;
     Ok(())
 }
 
@@ -219,7 +227,8 @@ fn delays(setup: &FleetSetup, creds: &[Credentials], since: OffsetDateTime) -> R
     let registry = Registry::new(store.clone(), registry::load_master(&state.join("master.key"))?);
     let ingest = Ingest::open(store, Arc::new(registry), IngestConfig::default())?;
     let model = ModelRef { name: "defect".into(), version: 1 };
-    let range = TimeRange::new(since - time::Duration::minutes(1), OffsetDateTime::now_utc() + time::Duration::hours(1));
+    let range =
+        TimeRange::new(since - time::Duration::minutes(1), OffsetDateTime::now_utc() + time::Duration::hours(1));
     let (mut steady, mut ceiling) = (Vec::new(), Vec::new());
     for c in creds {
         let device = DeviceId::new(&c.device)?;
@@ -277,6 +286,7 @@ pub async fn scenario(n: usize, s: &Settings) -> Result<Report> {
     let target = before + published.windows + published.statuses;
     settle(|| accepted(&http, &fleet), target, Duration::from_secs(3), Duration::from_secs(60)).await?;
 
+    report.connected.1 = swarm.connected();
     let (before, start) = (accepted(&http, &fleet).await?, Instant::now());
     let published = swarm.run(&ceiling).await;
     let secs = start.elapsed().as_secs_f64();
