@@ -11,6 +11,7 @@ pub mod error;
 pub mod export;
 pub mod ingest;
 pub mod models;
+pub mod load;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod registry;

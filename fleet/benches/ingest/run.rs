@@ -1,0 +1,313 @@
+//! One fleet size: enrollment, the broker-only baseline, the fleet, and the figures.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use outpost_common::protocol::ModelRef;
+use outpost_common::store::SledStore;
+use outpost_common::topics::DeviceId;
+use outpost_fleet::ingest::{Ingest, IngestConfig, TimeRange};
+use outpost_fleet::load::stats::{self, Delays};
+use outpost_fleet::load::{Phase, Swarm, sys};
+use outpost_fleet::registry::{self, Credentials, Registry};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::Settings;
+use crate::procs::FleetSetup;
+
+const STEADY: &str = "steady";
+const CEILING: &str = "ceiling";
+
+/// The figures of one size.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub devices: usize,
+    pub enroll_secs: f64,
+    pub connect_secs: f64,
+    pub offered_per_sec: f64,
+    pub baseline_per_sec: f64,
+    pub baseline_rss_per_device: f64,
+    pub stored_per_sec: f64,
+    pub fleet_rss_idle: u64,
+    pub fleet_rss_per_device: f64,
+    pub fleet_rss_peak: u64,
+    pub steady_per_sec: f64,
+    pub steady: Option<Delays>,
+    pub ceiling: Option<Delays>,
+    pub windows_published: u64,
+    pub windows_stored: usize,
+    pub catch_up_secs: f64,
+    pub load_average: String,
+    /// Devices connected when each ceiling phase started (baseline, fleet).
+    pub connected: (usize, usize),
+}
+
+fn mib(bytes: f64) -> f64 {
+    bytes / (1024.0 * 1024.0)
+}
+
+fn fmt_delays(d: Option<Delays>) -> String {
+    d.map_or("-".into(), |d| {
+        format!("p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} windows)", d.p50, d.p99, d.max, d.count)
+    })
+}
+
+impl Report {
+    pub fn ratio(&self) -> f64 {
+        if self.baseline_per_sec > 0.0 { self.stored_per_sec / self.baseline_per_sec } else { 0.0 }
+    }
+
+    pub fn print(&self) {
+        println!("--- {} devices (load average {})", self.devices, self.load_average);
+        println!(
+            "  enrolled in {:.2} s, connected in {:.1} s; connected at the ceiling phase: {} (broker alone), {} (fleet)",
+            self.enroll_secs, self.connect_secs, self.connected.0, self.connected.1
+        );
+        println!(
+            "  ceiling: offered {:.0} msg/s; broker alone → no-op subscriber {:.0} msg/s; fleet stored {:.0} msg/s; \
+             ratio {:.2} (fleet caught up {:.1} s after publishing stopped)",
+            self.offered_per_sec,
+            self.baseline_per_sec,
+            self.stored_per_sec,
+            self.ratio(),
+            self.catch_up_secs
+        );
+        println!(
+            "  fleet RSS: {:.1} MiB idle, +{:.1} KiB per connected device (broker alone: +{:.1} KiB), {:.1} MiB peak",
+            mib(self.fleet_rss_idle as f64),
+            self.fleet_rss_per_device / 1024.0,
+            self.baseline_rss_per_device / 1024.0,
+            mib(self.fleet_rss_peak as f64)
+        );
+        println!("  steady ({:.0} msg/s stored): ingest delay {}", self.steady_per_sec, fmt_delays(self.steady));
+        println!("  ceiling: ingest delay {}", fmt_delays(self.ceiling));
+        println!("  windows: {} published, {} stored", self.windows_published, self.windows_stored);
+    }
+
+    pub fn table(reports: &[Report]) {
+        println!();
+        println!(
+            "| devices | offered msg/s | broker alone msg/s | fleet stored msg/s | ratio | RSS/device | p99 delay (steady) | p99 delay (ceiling) |"
+        );
+        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        for r in reports {
+            let p99 = |d: Option<Delays>| d.map_or("-".into(), |d| format!("{:.1} ms", d.p99));
+            println!(
+                "| {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} KiB | {} | {} |",
+                r.devices,
+                r.offered_per_sec,
+                r.baseline_per_sec,
+                r.stored_per_sec,
+                r.ratio(),
+                r.fleet_rss_per_device / 1024.0,
+                p99(r.steady),
+                p99(r.ceiling)
+            );
+        }
+    }
+}
+
+/// Enrolls `n` devices through the API, `workers` requests at a time.
+async fn enroll(http: &reqwest::Client, api: &str, token: &str, n: usize) -> Result<Vec<Credentials>> {
+    const WORKERS: usize = 16;
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        let (http, url, token) = (http.clone(), format!("{api}/api/v1/devices"), token.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for i in (w..n).step_by(WORKERS) {
+                let body = serde_json::json!({ "name": format!("load-{i:05}"), "tags": { "site": format!("site-{}", i % 10) } });
+                let response = http.post(&url).bearer_auth(&token).json(&body).send().await?;
+                if !response.status().is_success() {
+                    bail!("enrolling load-{i:05}: HTTP {}", response.status());
+                }
+                let enrolled: outpost_fleet::api::devices::Enrolled = response.json().await?;
+                out.push((i, enrolled.credentials));
+            }
+            Ok(out)
+        }));
+    }
+    let mut all = Vec::with_capacity(n);
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    all.sort_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, c)| c).collect())
+}
+
+/// `outpost_fleet_messages_accepted_total` from the fleet's `/metrics`.
+async fn accepted(http: &reqwest::Client, fleet: &crate::procs::Fleet) -> Result<u64> {
+    let text = http.get(format!("http://{}/metrics", fleet.http)).send().await?.text().await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("outpost_fleet_messages_accepted_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no outpost_fleet_messages_accepted_total in /metrics")
+}
+
+/// Waits until `count()` reaches `target` or stops moving for `idle`; returns the time it took.
+async fn settle<F, Fut>(mut count: F, target: u64, idle: Duration, limit: Duration) -> Result<f64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64>>,
+{
+    let start = Instant::now();
+    let (mut last, mut since) = (count().await?, Instant::now());
+    while last < target && since.elapsed() < idle && start.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = count().await?;
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn phases(n: usize, s: &Settings) -> (Phase, Phase) {
+    let steady = Phase { camera: STEADY.into(), interval: s.window, duration: s.steady, status_every: 3 };
+    // Every device at the same pace, adding up to the offered rate; a status every 10th window, as in `steady`'s
+    // proportion give or take.
+    let interval = Duration::from_secs_f64((n as f64 / s.ceiling_rate).max(0.001));
+    let ceiling = Phase { camera: CEILING.into(), interval, duration: s.ceiling, status_every: 10 };
+    (steady, ceiling)
+}
+
+/// The broker alone: the fleet's embedded broker, the fleet's MQTT client counting and dropping messages.
+async fn baseline(setup: &FleetSetup, creds: &[Credentials], s: &Settings, report: &mut Report) -> Result<()> {
+    let (broker, addr, user, password) = setup.start_broker()?;
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = CancellationToken::new();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
+    let client = outpost_fleet::mqtt::ClientConfig {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        client_id: format!("{user}-noop"),
+        username: user,
+        password,
+        shared_group: None,
+    };
+    let _commands = outpost_fleet::mqtt::start(client, tx, stop.clone());
+    let counter = received.clone();
+    let drain = tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = sys::rss_bytes(broker.pid()).unwrap_or(0);
+    let swarm = Swarm::connect(&format!("mqtt://{addr}"), creds, s.batch, Duration::from_secs(30)).await?;
+    let count = || async { Ok(received.load(Ordering::Relaxed)) };
+    settle(count, creds.len() as u64, Duration::from_secs(5), Duration::from_secs(60)).await?;
+    let connected = sys::rss_bytes(broker.pid()).unwrap_or(0);
+    report.baseline_rss_per_device = connected.saturating_sub(idle) as f64 / creds.len() as f64;
+    if swarm.connected() < creds.len() {
+        tracing::warn!(connected = swarm.connected(), devices = creds.len(), "baseline: not every device connected");
+    }
+    let (_, ceiling) = phases(creds.len(), s);
+    report.connected.0 = swarm.connected();
+    let (before, start) = (received.load(Ordering::Relaxed), Instant::now());
+    let published = swarm.run(&ceiling).await;
+    let secs = start.elapsed().as_secs_f64();
+    report.offered_per_sec = stats::rate(published.windows + published.statuses, secs);
+    report.baseline_per_sec = stats::rate(received.load(Ordering::Relaxed) - before, secs);
+    swarm.stop(Duration::from_secs(30)).await;
+    stop.cancel();
+    let _ = drain.await;
+    broker.kill()?;
+    Ok(())
+}
+
+/// The ingest delays of the stored windows, per phase: when the fleet received each, minus the window's end (the
+/// moment the simulated agent handed it to its link). Read from the fleet's store once the fleet has stopped.
+fn delays(setup: &FleetSetup, creds: &[Credentials], since: OffsetDateTime) -> Result<(Vec<f64>, Vec<f64>)> {
+    let state = setup.state_dir();
+    let store = SledStore::open(&state.join("db"))?;
+    let registry = Registry::new(store.clone(), registry::load_master(&state.join("master.key"))?);
+    let ingest = Ingest::open(store, Arc::new(registry), IngestConfig::default())?;
+    let model = ModelRef { name: "defect".into(), version: 1 };
+    let range =
+        TimeRange::new(since - time::Duration::minutes(1), OffsetDateTime::now_utc() + time::Duration::hours(1));
+    let (mut steady, mut ceiling) = (Vec::new(), Vec::new());
+    for c in creds {
+        let device = DeviceId::new(&c.device)?;
+        for w in ingest.windows(&device, &model, range, 1_000_000)? {
+            let ms = (w.received_at - w.window.end).as_seconds_f64() * 1000.0;
+            match w.window.camera.as_str() {
+                STEADY => steady.push(ms),
+                CEILING => ceiling.push(ms),
+                _ => {}
+            }
+        }
+    }
+    Ok((steady, ceiling))
+}
+
+pub async fn scenario(n: usize, s: &Settings) -> Result<Report> {
+    let dir = tempfile::Builder::new().prefix("outpost-load-").tempdir()?;
+    let setup = FleetSetup { dir: dir.path().to_path_buf() };
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+    let mut report = Report { devices: n, ..Default::default() };
+
+    // Enrollment, through the API of a running fleet.
+    let fleet = setup.start(&http).await?;
+    let token = std::fs::read_to_string(setup.state_dir().join("admin.token"))?;
+    let start = Instant::now();
+    let creds = enroll(&http, &format!("http://{}", fleet.http), token.trim(), n).await?;
+    report.enroll_secs = start.elapsed().as_secs_f64();
+    fleet.proc.stop(Duration::from_secs(30))?;
+
+    baseline(&setup, &creds, s, &mut report).await.context("baseline")?;
+
+    // The fleet.
+    let fleet = setup.start(&http).await?;
+    let since = OffsetDateTime::now_utc();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    report.fleet_rss_idle = sys::rss_bytes(fleet.proc.pid()).unwrap_or(0);
+    let start = Instant::now();
+    let swarm = Swarm::connect(&format!("mqtt://{}", fleet.mqtt), &creds, s.batch, Duration::from_secs(30)).await?;
+    let stored = || accepted(&http, &fleet);
+    settle(stored, n as u64, Duration::from_secs(10), Duration::from_secs(120)).await?;
+    report.connect_secs = start.elapsed().as_secs_f64();
+    if swarm.connected() < n {
+        tracing::warn!(connected = swarm.connected(), devices = n, "not every device connected");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let connected = sys::rss_bytes(fleet.proc.pid()).unwrap_or(0);
+    report.fleet_rss_per_device = connected.saturating_sub(report.fleet_rss_idle) as f64 / n as f64;
+
+    let (steady, ceiling) = phases(n, s);
+    let (before, start) = (accepted(&http, &fleet).await?, Instant::now());
+    let published = swarm.run(&steady).await;
+    report.steady_per_sec = stats::rate(accepted(&http, &fleet).await? - before, start.elapsed().as_secs_f64());
+    report.windows_published += published.windows;
+    swarm.drain(Duration::from_secs(30)).await;
+    let target = before + published.windows + published.statuses;
+    settle(|| accepted(&http, &fleet), target, Duration::from_secs(3), Duration::from_secs(60)).await?;
+
+    report.connected.1 = swarm.connected();
+    let (before, start) = (accepted(&http, &fleet).await?, Instant::now());
+    let published = swarm.run(&ceiling).await;
+    let secs = start.elapsed().as_secs_f64();
+    let published_end = Instant::now();
+    let after = accepted(&http, &fleet).await?;
+    report.stored_per_sec = stats::rate(after - before, secs);
+    report.fleet_rss_peak = sys::rss_bytes(fleet.proc.pid()).unwrap_or(0);
+    report.windows_published += published.windows;
+    report.load_average = sys::load_average();
+    swarm.drain(Duration::from_secs(60)).await;
+    let target = before + published.windows + published.statuses;
+    settle(|| accepted(&http, &fleet), target, Duration::from_secs(3), Duration::from_secs(120)).await?;
+    report.catch_up_secs = published_end.elapsed().as_secs_f64();
+    report.fleet_rss_peak = report.fleet_rss_peak.max(sys::rss_bytes(fleet.proc.pid()).unwrap_or(0));
+    swarm.stop(Duration::from_secs(30)).await;
+    fleet.proc.stop(Duration::from_secs(30))?;
+
+    let (setup_ref, creds_ref) = (&setup, &creds);
+    let (mut steady, mut ceiling) = tokio::task::block_in_place(|| delays(setup_ref, creds_ref, since))?;
+    report.windows_stored = steady.len() + ceiling.len();
+    report.steady = Delays::of(&mut steady);
+    report.ceiling = Delays::of(&mut ceiling);
+    Ok(report)
+}
