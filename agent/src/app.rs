@@ -2,8 +2,11 @@
 //!
 //! Tasks: one per camera reading its source into its pipeline (decode and inference threads); one consuming every
 //! pipeline's outputs (windows, flagging, samples, acknowledgements); the link's tasks; the sample uploader; the
-//! local HTTP endpoints. Shutdown (one cancellation token, one deadline): sources stop, pipelines drain the frames
-//! they hold, the last windows are published, then the link delivers what it can and disconnects.
+//! local HTTP endpoints. A folder's file is acknowledged only once the window summary counting it is durable in the
+//! outbox ([`crate::acks`]), so a `kill -9` never loses a count: unacknowledged files are read again after a restart.
+//! Shutdown (one cancellation token, one deadline): sources stop, pipelines drain the frames they hold, the last
+//! windows are published and made durable, their files acknowledged, the sources closed (which records the
+//! acknowledgements), then the link delivers what it can and disconnects.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,9 +25,10 @@ use outpost_common::vision::engine::{EngineOptions, Runtime};
 use outpost_common::vision::postprocess::DetectParams;
 use outpost_common::vision::{FrameResult, VisionOptions};
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::acks::{Closed, Deferred, Sealed};
 use crate::config::{Config, ModelConfig, RuntimeConfig};
 use crate::flagging::{Decision, Flagger, dhash};
 use crate::link::Link;
@@ -32,7 +36,7 @@ use crate::metrics::{CameraCounters, Metrics};
 use crate::pipeline::{EncodedFrame, FrameOutput, Pipeline, Served};
 use crate::queue::{Overflow, Pushed};
 use crate::samples::{SampleQueue, UploadTarget, run_uploader};
-use crate::source::{FrameSource, Outcome, SourceContext};
+use crate::source::{Ack, FrameSource, Outcome, SourceContext};
 use crate::store::SledStore;
 use crate::trial::Trial;
 use crate::update::{Downloader, SlotStore};
@@ -208,7 +212,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         status: consumer_status.clone(),
         shared: shared.clone(),
     };
-    let results = tokio::spawn(consumer.run(out_rx));
+    let results = tokio::spawn(consumer.run(out_rx, link.durable()));
 
     // Model updates: commands from the link, the fleet check.
     let status_shared = consumer_status.clone();
@@ -237,7 +241,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let ready = AgentReady { agent_version: env!("CARGO_PKG_VERSION").to_string(), cameras: infos };
     let mut source_tasks = Vec::new();
     for (cam, source, pipeline, c) in cameras {
-        source_tasks.push(tokio::spawn(read_source(cam.name.clone(), source, pipeline, c, shutdown.clone())));
+        let name = cam.name.clone();
+        let task = tokio::spawn(feed_source(cam.name.clone(), source, pipeline, c, shutdown.clone()));
+        source_tasks.push((name, task));
     }
     link.set_status(status(AgentState::Running));
     if let Err(e) = link.publish_event(EventBody::AgentReady(ready)) {
@@ -251,13 +257,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     metrics.ready.store(false, Ordering::Release);
     tracing::info!("shutting down");
     let remaining = |d: Duration| d.saturating_sub(started.elapsed());
-    for t in source_tasks {
-        if tokio::time::timeout(remaining(deadline), t).await.is_err() {
-            tracing::warn!("a camera did not stop within the deadline");
+    let mut sources = Vec::new();
+    for (camera, t) in source_tasks {
+        match tokio::time::timeout(remaining(deadline), t).await {
+            Ok(Ok(source)) => sources.push((camera, source)),
+            Ok(Err(e)) => tracing::warn!(camera = %camera, error = %e, "a camera's task failed"),
+            Err(_) => tracing::warn!(camera = %camera, "a camera did not stop within the deadline"),
         }
     }
+    // The last windows are published and made durable, and their files acknowledged, before the sources close:
+    // closing a folder source records the acknowledgements it received.
     if tokio::time::timeout(remaining(deadline), results).await.is_err() {
-        tracing::warn!("results were not drained within the deadline");
+        tracing::warn!("results were not drained within the deadline; unacknowledged files are read again next start");
+    }
+    for (camera, mut source) in sources {
+        if let Err(e) = source.close().await {
+            tracing::warn!(camera = %camera, error = %e, "closing the source");
+        }
     }
     if let Some(u) = uploader {
         let _ = tokio::time::timeout(Duration::from_secs(1), u).await;
@@ -287,15 +303,30 @@ fn seed(name: &str) -> u64 {
         ^ u64::from(std::process::id())
 }
 
-/// Reads one camera into its pipeline until shutdown or the end of the source, then drains the pipeline. Public so
-/// that the end-to-end bench (`benches/versus_python.rs`) drives the same code as `run`.
+/// Reads one camera into its pipeline until shutdown or the end of the source, drains the pipeline, then closes the
+/// source. Public so that the end-to-end bench (`benches/versus_python.rs`) drives the same code as `run`.
 pub async fn read_source(
+    camera: String,
+    source: Box<dyn FrameSource>,
+    pipeline: Arc<Pipeline>,
+    counters: Arc<CameraCounters>,
+    shutdown: CancellationToken,
+) {
+    let mut source = feed_source(camera.clone(), source, pipeline, counters, shutdown).await;
+    if let Err(e) = source.close().await {
+        tracing::warn!(camera = %camera, error = %e, "closing the source");
+    }
+}
+
+/// [`read_source`] without the close: returns the source open, for `run` to close once the last acknowledgements
+/// (which wait for the outbox) were sent to it.
+async fn feed_source(
     camera: String,
     mut source: Box<dyn FrameSource>,
     pipeline: Arc<Pipeline>,
     counters: Arc<CameraCounters>,
     shutdown: CancellationToken,
-) {
+) -> Box<dyn FrameSource> {
     let camera: Arc<str> = Arc::from(camera.as_str());
     let mut failures_logged = false;
     let mut seq = 0u64;
@@ -338,9 +369,7 @@ pub async fn read_source(
         }
     }
     let _ = tokio::task::spawn_blocking(move || pipeline.drain()).await;
-    if let Err(e) = source.close().await {
-        tracing::warn!(camera = %camera, error = %e, "closing the source");
-    }
+    source
 }
 
 fn predictions(r: &FrameResult) -> Vec<Prediction> {
@@ -375,24 +404,70 @@ struct Consumer {
     shared: Arc<Shared>,
 }
 
-/// The open state of the consumer: one window per camera, per-frame reports when asked for, drop bookkeeping.
+/// The open state of the consumer: one window per camera, per-frame reports when asked for, drop bookkeeping, the
+/// acknowledgements waiting for their windows to be durable.
 struct Windows {
     open: BTreeMap<String, Window>,
     frames: BTreeMap<(String, ModelRef), Vec<FrameReport>>,
     dropped_seen: BTreeMap<String, u64>,
     processed_in_window: u64,
     opened: Instant,
+    acks: Deferred<Held>,
+}
+
+/// A frame's acknowledgement held until the telemetry counting the frame is durable.
+struct Held {
+    ack: Ack,
+    outcome: Outcome,
+    counters: Arc<CameraCounters>,
+}
+
+impl Held {
+    fn hold(w: &mut Windows, camera: &str, ack: Ack, outcome: Outcome, counters: &Arc<CameraCounters>) {
+        counters.awaiting_ack.fetch_add(1, Ordering::Relaxed);
+        w.acks.hold(camera, Held { ack, outcome, counters: counters.clone() });
+    }
+
+    /// Acknowledges: the source records the file as processed and keeps, moves or deletes it.
+    fn done(self) {
+        self.counters.awaiting_ack.fetch_sub(1, Ordering::Relaxed);
+        self.ack.done(self.outcome);
+    }
+
+    /// Gives the file back to the source unacknowledged (dropping an [`Ack`] does): it is read again.
+    fn release(self) {
+        self.counters.awaiting_ack.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn acknowledge(held: Vec<Held>) {
+    if !held.is_empty() {
+        tracing::debug!(files = held.len(), "acknowledging files whose window is durable");
+    }
+    held.into_iter().for_each(Held::done);
 }
 
 impl Consumer {
-    /// Closes every camera's window: per-frame batches first, then the summaries, then the status with health.
-    fn close_windows(&self, w: &mut Windows, started: Instant) {
+    /// Closes every camera's window: per-frame batches first, then the summaries, then the status with health. The
+    /// acknowledgements of the window's files then wait for the last seq appended for their camera to be durable
+    /// (`durable` is the outbox's durable mark now). A per-frame batch that could not be queued does not hold them
+    /// back (the summary counts the frames); a summary that could not be queued releases them, to be read again.
+    fn close_windows(&self, w: &mut Windows, started: Instant, durable: u64) {
+        acknowledge(w.acks.durable(durable));
         let end = OffsetDateTime::now_utc();
+        let mut closed: BTreeMap<String, Closed> = BTreeMap::new();
+        let appended = |closed: &mut BTreeMap<String, Closed>, camera: &str, seq: u64| {
+            let c = closed.entry(camera.to_string()).or_insert(Closed::Appended { last_seq: seq });
+            if let Closed::Appended { last_seq } = c {
+                *last_seq = (*last_seq).max(seq);
+            }
+        };
         for ((camera, model), frames) in std::mem::take(&mut w.frames) {
             for chunk in frames.chunks(MAX_FRAMES_PER_BATCH) {
                 let batch = FrameBatch { camera: camera.clone(), model: model.clone(), frames: chunk.to_vec() };
-                if let Err(e) = self.link.publish_telemetry(TelemetryBody::Frames(batch)) {
-                    tracing::warn!(camera = %camera, error = %e, "per-frame results not queued");
+                match self.link.publish_telemetry(TelemetryBody::Frames(batch)) {
+                    Ok(seq) => appended(&mut closed, &camera, seq),
+                    Err(e) => tracing::warn!(camera = %camera, error = %e, "per-frame results not queued"),
                 }
             }
         }
@@ -402,8 +477,23 @@ impl Consumer {
             window.record_drops(dropped.saturating_sub(*seen), None);
             *seen = dropped;
             for summary in window.finish(end) {
-                if let Err(e) = self.link.publish_telemetry(TelemetryBody::Window(Box::new(summary))) {
-                    tracing::warn!(camera = %camera, error = %e, "window summary not queued");
+                match self.link.publish_telemetry(TelemetryBody::Window(Box::new(summary))) {
+                    Ok(seq) => appended(&mut closed, camera, seq),
+                    Err(e) => {
+                        tracing::warn!(camera = %camera, error = %e, "window summary not queued");
+                        closed.insert(camera.clone(), Closed::Failed);
+                    }
+                }
+            }
+        }
+        for camera in w.open.keys() {
+            match w.acks.seal(camera, closed.get(camera).copied().unwrap_or(Closed::Nothing)) {
+                Sealed::Waiting => {}
+                Sealed::Ack(held) => acknowledge(held),
+                Sealed::Release(held) => {
+                    tracing::warn!(camera = %camera, files = held.len(), "files released unacknowledged: their \
+                        window was not queued, so they are read again");
+                    held.into_iter().for_each(Held::release);
                 }
             }
         }
@@ -484,8 +574,9 @@ impl Consumer {
         true
     }
 
-    /// Consumes every pipeline's outputs until all pipelines have ended, then closes the last windows.
-    async fn run(mut self, mut rx: mpsc::Receiver<FrameOutput>) {
+    /// Consumes every pipeline's outputs until all pipelines have ended, then closes the last windows and waits
+    /// until they are durable (`durable`: the outbox's durable mark) to acknowledge their files.
+    async fn run(mut self, mut rx: mpsc::Receiver<FrameOutput>, mut durable: watch::Receiver<u64>) {
         let started = Instant::now();
         let now = OffsetDateTime::now_utc();
         let mut w = Windows {
@@ -494,12 +585,25 @@ impl Consumer {
             dropped_seen: BTreeMap::new(),
             processed_in_window: 0,
             opened: Instant::now(),
+            acks: Deferred::new(*durable.borrow_and_update()),
         };
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + self.window, self.window);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut link_up = true;
         loop {
             let output = tokio::select! {
-                _ = tick.tick() => { self.close_windows(&mut w, started); continue; }
+                _ = tick.tick() => {
+                    let mark = *durable.borrow_and_update();
+                    self.close_windows(&mut w, started, mark);
+                    continue;
+                }
+                changed = durable.changed(), if link_up && w.acks.is_waiting() => {
+                    match changed {
+                        Ok(()) => acknowledge(w.acks.durable(*durable.borrow_and_update())),
+                        Err(_) => link_up = false,
+                    }
+                    continue;
+                }
                 o = rx.recv() => o,
             };
             let Some(FrameOutput { frame, model, outcome }) = output else { break };
@@ -522,7 +626,7 @@ impl Consumer {
                         window.record_drops(1, model.as_ref());
                     }
                     if let Some(ack) = frame.ack {
-                        ack.done(Outcome::Rejected);
+                        Held::hold(&mut w, &camera, ack, Outcome::Rejected, &c);
                     }
                 }
                 Ok((result, image)) => {
@@ -555,15 +659,26 @@ impl Consumer {
                             confidence: result.confidence,
                             predictions: predictions(&result),
                         };
-                        w.frames.entry((camera, model)).or_default().push(report);
+                        w.frames.entry((camera.clone(), model)).or_default().push(report);
                     }
+                    // A flagged frame's sample is already on disk (`SampleQueue::push` syncs it before returning).
                     if let Some(ack) = frame.ack {
-                        ack.done(Outcome::Processed);
+                        Held::hold(&mut w, &camera, ack, Outcome::Processed, &c);
                     }
                     self.shared.last_frames().insert(frame.camera.to_string(), image);
                 }
             }
         }
-        self.close_windows(&mut w, started);
+        self.close_windows(&mut w, started, *durable.borrow_and_update());
+        // The link's flusher still runs (it stops after the results): wait for the last windows to be durable.
+        while link_up && w.acks.is_waiting() {
+            if durable.changed().await.is_err() {
+                break;
+            }
+            acknowledge(w.acks.durable(*durable.borrow_and_update()));
+        }
+        if !w.acks.is_empty() {
+            tracing::warn!(files = w.acks.len(), "files left unacknowledged: they are read again at the next start");
+        }
     }
 }

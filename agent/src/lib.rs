@@ -1,4 +1,5 @@
 //! The Outpost agent as a library: the daemon's parts, each testable on its own. `main.rs` is the CLI over them.
+pub mod acks;
 pub mod app;
 pub mod candidate;
 pub mod config;

@@ -21,6 +21,9 @@ pub struct CameraCounters {
     pub dropped: AtomicU64,
     pub flagged: AtomicU64,
     pub source_errors: AtomicU64,
+    /// Files whose frames were processed but whose acknowledgement waits for the telemetry counting them to be
+    /// durable (see `acks.rs`); a gauge.
+    pub awaiting_ack: AtomicU64,
     /// Frames that could not be used, by error kind (`truncated`, `too_large`, `not_an_image`, ...).
     pub rejected: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -75,6 +78,14 @@ impl Metrics {
             for (camera, c) in &self.cameras {
                 let _ = writeln!(out, "{name}{{camera=\"{}\"}} {}", label(camera), read(c));
             }
+        }
+        let name = "outpost_frames_awaiting_ack";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Files processed whose acknowledgement waits for their window to be durable.\n# TYPE {name} gauge"
+        );
+        for (camera, c) in &self.cameras {
+            let _ = writeln!(out, "{name}{{camera=\"{}\"}} {}", label(camera), c.awaiting_ack.load(Ordering::Relaxed));
         }
         counter(&mut out, "outpost_frames_rejected_total", "Frames that could not be used, by reason.");
         for (camera, c) in &self.cameras {

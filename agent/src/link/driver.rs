@@ -72,7 +72,9 @@ pub(super) fn spawn(
         let _ = flusher.await;
         let outbox = shared.outbox.clone();
         match tokio::task::spawn_blocking(move || outbox.flush()).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(seq)) => {
+                shared.advance_durable(seq);
+            }
             Ok(Err(e)) => tracing::error!(error = %e, "final outbox flush failed"),
             Err(e) => tracing::error!(error = %e, "final outbox flush panicked"),
         }
@@ -97,7 +99,10 @@ async fn flusher(shared: Arc<Shared>, interval: Duration, stop: CancellationToke
         }
         let outbox = shared.outbox.clone();
         match tokio::task::spawn_blocking(move || outbox.flush()).await {
-            Ok(Ok(_)) => shared.driver_wake.notify_one(),
+            Ok(Ok(seq)) => {
+                shared.advance_durable(seq);
+                shared.driver_wake.notify_one();
+            }
             Ok(Err(e)) => tracing::error!(error = %e, "outbox flush failed; retrying at the next append"),
             Err(e) => tracing::error!(error = %e, "outbox flush panicked"),
         }

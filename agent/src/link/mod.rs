@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use outpost_common::protocol::auth::{self, DeviceKey};
 use outpost_common::protocol::{self, Command, Event, EventBody, SCHEMA, Status, Telemetry, TelemetryBody};
 use outpost_common::topics::{Channel, DeviceId};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -128,6 +128,8 @@ struct Shared {
     flush_wanted: Notify,
     /// Wakes the driver: the durable mark advanced, or the status changed.
     driver_wake: Notify,
+    /// The outbox's durable mark, for producers that act once what they appended is durable.
+    durable: watch::Sender<u64>,
     status: Mutex<Status>,
     published: AtomicU64,
     acked: AtomicU64,
@@ -142,6 +144,15 @@ struct Shared {
 impl Shared {
     fn status(&self) -> Status {
         self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Moves the durable mark up to `seq` (never back), waking whoever watches it.
+    fn advance_durable(&self, seq: u64) {
+        self.durable.send_if_modified(|d| {
+            let moved = seq > *d;
+            *d = (*d).max(seq);
+            moved
+        });
     }
 
     fn seal<M: protocol::Message>(&self, message: &M) -> Result<Vec<u8>, protocol::ProtocolError> {
@@ -185,6 +196,11 @@ impl LinkHandle {
     pub fn set_status(&self, status: Status) {
         *self.shared.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
         self.shared.driver_wake.notify_one();
+    }
+
+    /// The outbox's durable mark: every seq up to its value is durable. It changes after each group flush.
+    pub fn durable(&self) -> watch::Receiver<u64> {
+        self.shared.durable.subscribe()
     }
 
     /// The receiver of valid commands, once: later calls return `None`.
@@ -233,6 +249,7 @@ impl Link {
         let broker = config.validate()?;
         let tls = if broker.tls { Some(tls::client_config(&config.tls)?) } else { None };
         let outbox = Arc::new(Outbox::open(store, config.outbox.max_bytes)?);
+        let durable = watch::Sender::new(outbox.stats().durable_seq);
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let shared = Arc::new(Shared {
             device: device.clone(),
@@ -242,6 +259,7 @@ impl Link {
             connected: AtomicBool::new(false),
             flush_wanted: Notify::new(),
             driver_wake: Notify::new(),
+            durable,
             status: Mutex::new(status),
             published: AtomicU64::new(0),
             acked: AtomicU64::new(0),

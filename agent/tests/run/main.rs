@@ -3,6 +3,7 @@
 //! and reads what the agent published the way the fleet does: opened with the device key, de-duplicated by seq.
 
 mod bad_frames;
+mod durability;
 mod flagging;
 mod harness;
 mod outage;
