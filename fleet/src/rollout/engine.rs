@@ -377,8 +377,7 @@ impl Engine {
             Outcome::Event(stored) => match &stored.event.body {
                 EventBody::UpdateRejected(e) => {
                     let version = e.model.as_ref().map(|m| m.version);
-                    let reason = format!("rejected ({}): {}", e.code, e.reason);
-                    self.apply(&rollout_id, |r| r.failed(id, version, &e.command_id, &reason, now))
+                    self.apply(&rollout_id, |r| r.rejected(id, version, &e.command_id, &e.code, &e.reason, now))
                 }
                 EventBody::SwapReverted(e) => {
                     let reason = format!("reverted in its health window: {}", e.reason);
