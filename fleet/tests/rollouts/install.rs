@@ -1,9 +1,12 @@
-//! A version that fails on the devices (defect-nan: the registry takes it without golden images, the agents' warm-up
-//! refuses its NaN outputs) is aborted by the install gate once `min_executed` devices have finished, not before.
+//! A version that fails to load on the devices is aborted by the install gate once `min_executed` devices have
+//! finished, not before. The devices here have a memory budget that has no room for a second model session (the
+//! agent loads a new version beside the serving one), so v2 downloads and verifies, then its load is refused
+//! (`update_rejected`, code `memory`). defect-nan cannot play this part: the registry runs every push on a neutral
+//! frame and refuses its NaN outputs (`non_finite_output`), so it never reaches a rollout.
 
 use serde_json::json;
 
-use crate::rig::{NAN, phases, plan, rig, served, state, told};
+use crate::rig::{DETECTOR, phases, plan, rig_with, served, state, told};
 
 /// The install gate counts a failure share only once this many devices finished.
 const MIN_EXECUTED: u64 = 3;
@@ -11,7 +14,7 @@ const MIN_EXECUTED: u64 = 3;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_that_fails_on_devices_is_aborted_by_the_install_gate() {
     let _serial = crate::SERIAL.lock().await;
-    let r = rig("nan", 6, &["north", "south"], 2.0, &[(NAN, 2)]).await;
+    let r = rig_with("noroom", 6, &["north", "south"], 2.0, &[(DETECTOR, 2)], "memory_budget_mb = 1\n").await;
     let stages = json!([
         {"size": 4, "min_dwell_secs": 2, "min_reporting": 1},
         {"size": "100%", "min_dwell_secs": 2, "min_reporting": 1}
@@ -38,7 +41,11 @@ async fn a_version_that_fails_on_devices_is_aborted_by_the_install_gate() {
         r.wait_device(&a.name, "on v1", |d| served(d) == Some((1, true))).await;
         let log = a.log();
         if canaries.contains(&&a.name) {
-            assert!(told(&log, &id, 2) && log.contains("model update rejected"), "{}:\n{log}", a.name);
+            assert!(
+                told(&log, &id, 2) && log.contains("model update rejected") && log.contains("budget is 1 MiB"),
+                "{}:\n{log}",
+                a.name
+            );
         } else {
             assert!(!told(&log, &id, 2), "{} was sent v2:\n{log}", a.name);
         }
@@ -47,5 +54,5 @@ async fn a_version_that_fails_on_devices_is_aborted_by_the_install_gate() {
     // The failures carry the agents' reasons.
     let details: Vec<&str> =
         status["stages"][0]["devices"].as_array().into_iter().flatten().filter_map(|d| d["detail"].as_str()).collect();
-    assert!(details.iter().filter(|d| d.starts_with("rejected (")).count() as u64 >= MIN_EXECUTED, "{status:#}");
+    assert!(details.iter().filter(|d| d.starts_with("rejected (memory)")).count() as u64 >= MIN_EXECUTED, "{status:#}");
 }

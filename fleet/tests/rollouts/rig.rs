@@ -21,8 +21,6 @@ pub fn release_key() -> SecretKey {
 pub const DETECTOR: &str = "models/zoo/defect-yolo11n-320.onnx";
 /// One box at score 0.3 on every frame: installs fine, far less confident.
 pub const LOWCONF: &str = "tests/fixtures/models/defect-lowconf.onnx";
-/// NaN everywhere: passes the registry without golden images, fails the agent's warm-up.
-pub const NAN: &str = "tests/fixtures/models/defect-nan.onnx";
 
 pub fn read(rel: &str) -> Vec<u8> {
     std::fs::read(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
@@ -79,6 +77,18 @@ pub fn fleet_toml() -> String {
 /// Starts the fleet, pushes v1 (the zoo detector) and `versions` (artifact, version), and starts `count` agents
 /// named `{prefix}-{i}` over `sites`, each replaying 8 photos at `fps`, and waits until each reports v1.
 pub async fn rig(prefix: &str, count: usize, sites: &[&str], fps: f64, versions: &[(&str, u64)]) -> Rig {
+    rig_with(prefix, count, sites, fps, versions, "").await
+}
+
+/// [`rig`] with more `[updates]` settings for the agents.
+pub async fn rig_with(
+    prefix: &str,
+    count: usize,
+    sites: &[&str],
+    fps: f64,
+    versions: &[(&str, u64)],
+    updates: &str,
+) -> Rig {
     let tmp = tempfile::tempdir().expect("tempdir");
     let extra = fleet_toml();
     let fleet = Fleet::start(tmp.path(), &FleetOptions { extra: &extra, ..FleetOptions::default() }).await;
@@ -94,7 +104,7 @@ pub async fn rig(prefix: &str, count: usize, sites: &[&str], fps: f64, versions:
         // Every agent sees the same photos, so canary and control differ only by the model they run.
         let files: Vec<PathBuf> = photos[..8].to_vec();
         setup.replay = Some((fps, files));
-        setup.extra = updates_toml(5);
+        setup.extra = updates_toml(5).replacen("[updates]\n", &format!("[updates]\n{updates}"), 1);
         agents.push(Agent::enroll_and_start(&fleet, tmp.path(), &setup));
     }
     let rig = Rig { fleet, agents, tmp };
