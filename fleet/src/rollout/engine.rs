@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use outpost_common::manifest::Envelope;
-use outpost_common::protocol::{self, AssignModel, Command, CommandBody, EventBody, ModelRef};
+use outpost_common::protocol::{self, AgentState, AssignModel, Command, CommandBody, EventBody, ModelRef, Status};
 use outpost_common::store::Store;
 use outpost_common::topics::DeviceId;
 use serde::{Deserialize, Serialize};
@@ -141,18 +141,32 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
-/// A device's report for one model, from its stored status.
-fn report(ingest: &Ingest, device: &str, model: &str) -> Result<Option<Report>, RolloutError> {
+/// A device's report for one model, from its stored status. With `offline_served` false, an offline status says
+/// nothing about versions (see [`served`]).
+fn report(ingest: &Ingest, device: &str, model: &str, offline_served: bool) -> Result<Option<Report>, RolloutError> {
     let Ok(id) = DeviceId::new(device) else { return Ok(None) };
     let Some(view) = ingest.device(&id)? else { return Ok(None) };
-    let served = view.status.as_ref().and_then(|s| {
-        s.models
-            .iter()
-            .find(|m| m.name == model)
-            .map(|m| (m.active, m.committed))
-            .or_else(|| s.model.as_ref().filter(|m| m.name == model).map(|m| (m.version, true)))
-    });
+    let served = view.status.as_ref().and_then(|s| served(s, model, offline_served));
     Ok(Some(Report { online: view.online, served }))
+}
+
+/// The version of `model` a status says is active, and whether it is committed; for an offline status only with
+/// `offline_too`.
+///
+/// A rollout must not read this from an offline status: the last will is the status the agent had when it
+/// connected (so a device that committed the new version since then would look as if it went back), and the
+/// status an agent publishes when it stops cleanly lists no served models, only the configured one. Only creation
+/// reads them, to know what an offline device ran.
+fn served(status: &Status, model: &str, offline_too: bool) -> Option<(u64, bool)> {
+    if status.state == AgentState::Offline && !offline_too {
+        return None;
+    }
+    status
+        .models
+        .iter()
+        .find(|m| m.name == model)
+        .map(|m| (m.active, m.committed))
+        .or_else(|| status.model.as_ref().filter(|m| m.name == model).map(|m| (m.version, true)))
 }
 
 fn points(ingest: &Ingest, device: &str, model: &ModelRef, range: TimeRange) -> Result<Vec<WindowPoint>, RolloutError> {
@@ -229,7 +243,8 @@ impl Engine {
             if !(plan.target.devices.iter().any(|d| d == id) || plan.target.matches_tags(&record.tags)) {
                 continue;
             }
-            let Some(Report { online, served: Some((version, _)) }) = report(&self.inner.ingest, id, &plan.model)?
+            let Some(Report { online, served: Some((version, _)) }) =
+                report(&self.inner.ingest, id, &plan.model, true)?
             else {
                 problems.push(format!("`{id}` has not reported running {}", plan.model));
                 continue;
@@ -368,7 +383,7 @@ impl Engine {
                 let Some(model) = self.book().rollouts.get(&rollout_id).map(|r| r.header.plan.model.clone()) else {
                     return;
                 };
-                match report(&self.inner.ingest, id, &model) {
+                match report(&self.inner.ingest, id, &model, false) {
                     Ok(Some(report)) => self.apply(&rollout_id, |r| r.observe(id, report, now)),
                     Ok(None) => Ok(()),
                     Err(e) => Err(e),
@@ -377,8 +392,7 @@ impl Engine {
             Outcome::Event(stored) => match &stored.event.body {
                 EventBody::UpdateRejected(e) => {
                     let version = e.model.as_ref().map(|m| m.version);
-                    let reason = format!("rejected ({}): {}", e.code, e.reason);
-                    self.apply(&rollout_id, |r| r.failed(id, version, &e.command_id, &reason, now))
+                    self.apply(&rollout_id, |r| r.rejected(id, version, &e.command_id, &e.code, &e.reason, now))
                 }
                 EventBody::SwapReverted(e) => {
                     let reason = format!("reverted in its health window: {}", e.reason);
@@ -581,5 +595,42 @@ pub async fn run(engine: Engine, commands: crate::mqtt::Commands, shutdown: Canc
                 Err(e) => tracing::warn!(device = %o.device, error = %e, "rollout command not sent"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use outpost_common::protocol::{AgentState, ModelRef, SCHEMA, ServedModel, Status};
+
+    fn status(state: AgentState, models: Vec<ServedModel>) -> Status {
+        Status {
+            schema: SCHEMA,
+            state,
+            at: time::OffsetDateTime::UNIX_EPOCH,
+            agent_version: "test".into(),
+            family: "cpu".into(),
+            model: Some(ModelRef { name: "defect".into(), version: 1 }),
+            models,
+            health: None,
+        }
+    }
+
+    #[test]
+    fn offline_statuses_say_nothing_about_versions_to_a_running_rollout() {
+        let serving = |active, committed| ServedModel { name: "defect".into(), active, committed, previous: None };
+        // What a running agent on v2 says.
+        let running = status(AgentState::Running, vec![serving(2, true)]);
+        assert_eq!(super::served(&running, "defect", false), Some((2, true)));
+        assert_eq!(super::served(&running, "other", false), None);
+        // What it says when it stops cleanly: the configured model only, which is not what it runs; its last will
+        // is the status it had when it connected. A rollout ignores both; creation reads them.
+        let stopped = status(AgentState::Offline, Vec::new());
+        assert_eq!(super::served(&stopped, "defect", false), None);
+        assert_eq!(super::served(&stopped, "defect", true), Some((1, true)));
+        let will = status(AgentState::Offline, vec![serving(1, true)]);
+        assert_eq!(super::served(&will, "defect", false), None);
+        // An old agent reports only `model`.
+        let old = status(AgentState::Running, Vec::new());
+        assert_eq!(super::served(&old, "defect", false), Some((1, true)));
     }
 }

@@ -360,6 +360,24 @@ impl Rollout {
         changes
     }
 
+    /// Applies an `update_rejected` the device reported. `already_active` is no failure: the device already serves
+    /// that version (it found the assignment through its own check with the fleet before the command arrived, or a
+    /// resend crossed its commit), and its status says whether it committed it.
+    pub fn rejected(
+        &mut self,
+        device: &str,
+        version: Option<u64>,
+        command_id: &str,
+        code: &str,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Changes {
+        if code == "already_active" {
+            return Changes::default();
+        }
+        self.failed(device, version, command_id, &format!("rejected ({code}): {reason}"), now)
+    }
+
     /// Applies an update failure the device reported (`update_rejected`, `swap_reverted`) for `version` (`None`:
     /// the manifest was unreadable; then the command id must be this rollout's).
     pub fn failed(
@@ -671,6 +689,25 @@ mod tests {
         assert!(reason.contains("install: 3 of 3"), "{reason}");
         assert_eq!(r.devices.values().filter(|d| d.phase == Phase::Failed).count(), 3);
         assert!(r.devices.values().filter(|d| d.phase == Phase::Failed).all(|d| d.target(2) == Some(1)));
+    }
+
+    #[test]
+    fn a_version_already_active_is_not_a_failure() {
+        let mut r = Rollout::start("r1".into(), plan(&["1", "100%"], false), &members(3), "op", at(0));
+        let canary = r.canaries().next().expect("a canary").to_string();
+        r.sent(&canary, 2, at(0));
+        // The device installed v2 through its own check; the command arriving after is refused as already active.
+        let changes = r.rejected(&canary, Some(2), "r1.v2", "already_active", "defect v2 is already serving", at(1));
+        assert!(changes.is_empty());
+        assert_eq!(r.devices[&canary].phase, Phase::Assigned);
+        r.observe(&canary, Report { online: true, served: Some((2, true)) }, at(2));
+        assert_eq!(r.devices[&canary].phase, Phase::Committed);
+        // Any other refusal is a failure.
+        let other = r.devices.keys().find(|d| **d != canary).expect("another device").clone();
+        r.devices.get_mut(&other).expect("device").phase = Phase::Assigned;
+        r.rejected(&other, Some(2), "r1.v2", "load_failed", "bad graph", at(3));
+        assert_eq!(r.devices[&other].phase, Phase::Failed);
+        assert_eq!(r.devices[&other].detail.as_deref(), Some("rejected (load_failed): bad graph"));
     }
 
     #[test]

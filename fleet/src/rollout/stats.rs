@@ -21,7 +21,8 @@ pub fn mean_var(values: &[f64]) -> Option<(f64, f64)> {
 pub struct Shift {
     /// reference mean − worse mean.
     pub difference: f64,
-    /// (difference − margin) ÷ its standard error; infinite when both sides are constant.
+    /// (difference − margin) ÷ its standard error; ±`f64::MAX` when both sides are constant (not infinite: the
+    /// report is stored as JSON, which has no infinity, and serde_json would write `null` and then refuse to read it).
     pub t: f64,
     /// Welch–Satterthwaite degrees of freedom.
     pub df: f64,
@@ -54,9 +55,9 @@ pub fn drop_beyond_margin(reference: &[f64], worse: &[f64], margin: f64, alpha: 
     let t = if se2 > 0.0 {
         excess / se2.sqrt()
     } else if excess > 0.0 {
-        f64::INFINITY
+        f64::MAX
     } else if excess < 0.0 {
-        f64::NEG_INFINITY
+        f64::MIN
     } else {
         0.0
     };
@@ -174,9 +175,20 @@ mod tests {
     #[test]
     fn constant_sides_and_bad_values_are_handled() {
         let s = drop_beyond_margin(&[0.8, 0.8], &[0.5, 0.5], 0.05, 0.01).expect("data");
-        assert!(s.significant && s.t.is_infinite());
+        assert!(s.significant && s.t == f64::MAX);
         assert!(!drop_beyond_margin(&[0.8, 0.8], &[0.79, 0.79], 0.05, 0.01).expect("data").significant);
         assert!(drop_beyond_margin(&[0.8], &[0.5, 0.5], 0.05, 0.01).is_none());
         assert!(drop_beyond_margin(&[0.8, f64::NAN], &[0.5, 0.5], 0.05, 0.01).is_none());
+    }
+
+    #[test]
+    fn a_shift_from_constant_sides_survives_the_store() {
+        // Flagging off on every device: every flagged share is 0 on both sides, as in most rollouts.
+        for (reference, worse) in [([0.0, 0.0], [0.0, 0.0]), ([0.8, 0.8], [0.1, 0.1])] {
+            let shift = drop_beyond_margin(&reference, &worse, 0.05, 0.01).expect("data");
+            let json = serde_json::to_string(&shift).expect("serialises");
+            let back: Shift = serde_json::from_str(&json).expect("reads back what it wrote");
+            assert_eq!(back, shift, "{json}");
+        }
     }
 }

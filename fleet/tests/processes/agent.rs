@@ -63,6 +63,11 @@ pub struct AgentSetup {
     pub broker: Option<String>,
     /// `[link] keepalive_secs`, e.g. long enough that lost answers do not end the connection during a test.
     pub keepalive_secs: Option<u64>,
+    /// A replay camera (these files copied into the camera folder, looped at this rate, a 32-frame queue) instead
+    /// of a dir source: steady frame load for as long as the agent runs.
+    pub replay: Option<(f64, Vec<PathBuf>)>,
+    /// More tables for `agent.toml` (e.g. `[updates]`), appended last.
+    pub extra: String,
 }
 
 impl AgentSetup {
@@ -73,6 +78,8 @@ impl AgentSetup {
             flagging: String::new(),
             broker: None,
             keepalive_secs: None,
+            replay: None,
+            extra: String::new(),
         }
     }
 }
@@ -123,14 +130,25 @@ impl Agent {
         }
         let metrics_port = free_port().expect("port");
         let flagging = if setup.flagging.is_empty() { "enabled = false\n" } else { &setup.flagging };
+        let source = match &setup.replay {
+            None => format!(
+                "source = {{ kind = \"dir\", path = {frames:?}, after = \"keep\", settle_ms = 0, poll_interval_ms = 50 }}"
+            ),
+            Some((fps, files)) => {
+                for f in files {
+                    std::fs::copy(f, frames.join(f.file_name().expect("file name"))).expect("copy a replay frame");
+                }
+                format!("queue_depth = 32\nsource = {{ kind = \"replay\", path = {frames:?}, fps = {fps:.1} }}")
+            }
+        };
         toml.push_str(&format!(
             "\n[telemetry]\nwindow_secs = 1\n\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n\
              [runtime]\nthreads = 1\n\n\
              [[models]]\nname = \"defect\"\nversion = 1\npath = {:?}\n\n\
-             [[cameras]]\nname = \"cam\"\nmodel = \"defect\"\n\
-             source = {{ kind = \"dir\", path = {frames:?}, after = \"keep\", settle_ms = 0, poll_interval_ms = 50 }}\n\n\
-             [cameras.flagging]\n{flagging}",
-            defect_model()
+             [[cameras]]\nname = \"cam\"\nmodel = \"defect\"\n{source}\n\n\
+             [cameras.flagging]\n{flagging}\n{}",
+            defect_model(),
+            setup.extra
         ));
         std::fs::write(&config, toml).expect("agent config");
         let mut process = Process::new(&setup.name, agent_binary(), dir.join("agent.log"))

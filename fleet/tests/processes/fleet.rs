@@ -100,6 +100,26 @@ impl Fleet {
         fleet
     }
 
+    /// SIGKILL: the fleet vanishes with whatever it had not written.
+    pub fn kill9(&mut self) {
+        self.process.kill9();
+    }
+
+    /// Starts the process again on the same config, state and ports, and waits until `/readyz` answers 200.
+    pub async fn restart(&mut self) {
+        self.process.spawn();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let ready = self.client.get(format!("{}/readyz", self.base)).send().await;
+            if ready.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            self.process.check_alive();
+            assert!(Instant::now() < deadline, "fleet not ready after a restart:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn log(&self) -> String {
         self.process.log()
     }
