@@ -377,18 +377,21 @@ impl Engine {
     pub fn observe(&self, ingested: &Ingested, now: OffsetDateTime) {
         let Some(device) = &ingested.device else { return };
         let id = device.as_str();
-        let Some(rollout_id) = self.book().latest.get(id).cloned() else { return };
+        let Some((rollout_id, model)) = ({
+            let book = self.book();
+            book.latest
+                .get(id)
+                .and_then(|r| book.rollouts.get(r))
+                .map(|r| (r.id().to_string(), r.header.plan.model.clone()))
+        }) else {
+            return;
+        };
         let result = match &ingested.outcome {
-            Outcome::Status(_) => {
-                let Some(model) = self.book().rollouts.get(&rollout_id).map(|r| r.header.plan.model.clone()) else {
-                    return;
-                };
-                match report(&self.inner.ingest, id, &model, false) {
-                    Ok(Some(report)) => self.apply(&rollout_id, |r| r.observe(id, report, now)),
-                    Ok(None) => Ok(()),
-                    Err(e) => Err(e),
-                }
-            }
+            Outcome::Status(_) => match report(&self.inner.ingest, id, &model, false) {
+                Ok(Some(report)) => self.apply(&rollout_id, |r| r.observe(id, report, now)),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            },
             Outcome::Event(stored) => match &stored.event.body {
                 EventBody::UpdateRejected(e) => {
                     let version = e.model.as_ref().map(|m| m.version);

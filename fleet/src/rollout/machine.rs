@@ -155,7 +155,8 @@ pub struct Rollout {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
     pub header: bool,
-    pub devices: Vec<String>,
+    /// A set: an abort or a stage touches thousands of devices, each once.
+    pub devices: std::collections::BTreeSet<String>,
 }
 
 impl Changes {
@@ -164,16 +165,12 @@ impl Changes {
     }
 
     fn device(&mut self, id: &str) {
-        if !self.devices.iter().any(|d| d == id) {
-            self.devices.push(id.to_string());
-        }
+        self.devices.insert(id.to_string());
     }
 
     pub fn merge(&mut self, other: Changes) {
         self.header |= other.header;
-        for d in other.devices {
-            self.device(&d);
-        }
+        self.devices.extend(other.devices);
     }
 }
 
@@ -276,7 +273,7 @@ impl Rollout {
     }
 
     fn enter_stage(&mut self, stage: usize, now: OffsetDateTime) -> Changes {
-        let mut changes = Changes { header: true, devices: Vec::new() };
+        let mut changes = Changes { header: true, devices: Default::default() };
         self.header.stage = stage;
         self.header.stage_started_at = now;
         let cutoff = self.header.cutoffs.get(stage).copied().unwrap_or(0);
@@ -461,12 +458,12 @@ impl Rollout {
             self.header.state = State::Completed { at: now };
             let c = self.install_counts();
             self.log(now, format!("completed: {} of {} devices committed", c.committed, c.devices));
-            Changes { header: true, devices: Vec::new() }
+            Changes { header: true, devices: Default::default() }
         }
     }
 
     fn abort_inner(&mut self, reason: String, by: &str, now: OffsetDateTime) -> Changes {
-        let mut changes = Changes { header: true, devices: Vec::new() };
+        let mut changes = Changes { header: true, devices: Default::default() };
         let mut back = 0;
         for (id, d) in &mut self.devices {
             if matches!(d.phase, Phase::Assigned | Phase::Committed) {
@@ -496,7 +493,7 @@ impl Rollout {
         };
         self.header.state = State::Paused { awaiting_approval };
         self.log(now, format!("paused by {by}"));
-        Ok(Changes { header: true, devices: Vec::new() })
+        Ok(Changes { header: true, devices: Default::default() })
     }
 
     pub fn resume(&mut self, by: &str, now: OffsetDateTime) -> Result<Changes, NotNow> {
@@ -505,7 +502,7 @@ impl Rollout {
         };
         self.header.state = if awaiting_approval { State::AwaitingApproval } else { State::Running };
         self.log(now, format!("resumed by {by}"));
-        Ok(Changes { header: true, devices: Vec::new() })
+        Ok(Changes { header: true, devices: Default::default() })
     }
 
     pub fn approve(&mut self, by: &str, now: OffsetDateTime) -> Result<Changes, NotNow> {
