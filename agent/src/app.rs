@@ -195,7 +195,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     };
 
     // Results: windows, flagging, samples, acknowledgements, trials.
-    let consumer_status = Arc::new(std::sync::Mutex::new(status(AgentState::Running)));
+    // The status every part publishes from: the updater keeps its models current, the results add health.
+    let consumer_status = Arc::new(std::sync::Mutex::new(Status {
+        models: served_models.values().map(Serving::status).collect(),
+        model: served_models.values().next().map(Serving::active_ref),
+        ..status(AgentState::Running)
+    }));
     let consumer = Consumer {
         flaggers: raw
             .cameras
@@ -245,7 +250,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         let task = tokio::spawn(feed_source(cam.name.clone(), source, pipeline, c, shutdown.clone()));
         source_tasks.push((name, task));
     }
-    link.set_status(status(AgentState::Running));
+    link.set_status(current_status(&consumer_status, AgentState::Running));
     if let Err(e) = link.publish_event(EventBody::AgentReady(ready)) {
         tracing::warn!(error = %e, "agent-ready event not queued");
     }
@@ -279,7 +284,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(1), u).await;
     }
     let _ = tokio::time::timeout(remaining(deadline), updater_task).await;
-    link.set_status(status(AgentState::Offline));
+    // What it served last (after any swap), so the fleet does not read a stop as a return to the configured model.
+    link.set_status(current_status(&consumer_status, AgentState::Offline));
     link_shutdown.cancel();
     if tokio::time::timeout(remaining(deadline + Duration::from_secs(1)), link_task).await.is_err() {
         tracing::warn!("the link did not finish within the deadline; unsent messages stay in the outbox");
@@ -296,6 +302,17 @@ pub fn vision_options(runtime: &RuntimeConfig, model: &ModelConfig) -> VisionOpt
         detect: DetectParams { conf: model.conf, iou: model.iou, ..DetectParams::default() },
         ..VisionOptions::default()
     }
+}
+
+/// The shared status in `state`, stamped now; an offline one carries no health (it describes a stopped agent).
+fn current_status(shared: &std::sync::Mutex<Status>, state: AgentState) -> Status {
+    let mut status = shared.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    status.state = state;
+    status.at = OffsetDateTime::now_utc();
+    if state == AgentState::Offline {
+        status.health = None;
+    }
+    status
 }
 
 fn seed(name: &str) -> u64 {

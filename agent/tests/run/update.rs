@@ -180,6 +180,11 @@ async fn a_swap_under_steady_frames_drops_nothing() {
         s.statuses.last().is_some_and(|st| st.state == AgentState::Offline)
     })
     .await;
+    // A clean stop reports what the agent served last, not the model its configuration names.
+    let offline = seen.statuses.last().expect("offline status");
+    let listed: Vec<(&str, u64)> = offline.models.iter().map(|m| (m.name.as_str(), m.active)).collect();
+    assert_eq!(listed, [("defect", 2)], "the offline status lists v2: {offline:?}");
+    assert_eq!(offline.model.as_ref().map(|m| m.version), Some(2));
 
     let frames = frame_versions(&seen, "line-1");
     let numbers: Vec<u64> = frames.keys().copied().collect();

@@ -4,7 +4,9 @@
 //! Status ordering: a status is applied in arrival order unless it is older, by its own `at`, than the newest status
 //! applied so far — a replayed old status. A last will is the exception: the agent registers it at connect, so its
 //! `at` is the connect-time status's and usually older than later status changes; an `offline` status is therefore
-//! always applied. (A device whose clock jumps back has its statuses refused until its clock passes the newest `at`
+//! always applied, but when it is older than the newest status it only changes the state: the models, agent version
+//! and family stay those of the newer status (a device that swapped to v2 and then lost its connection still shows
+//! v2, not the v1 its will was written with). (A device whose clock jumps back has its statuses refused until its clock passes the newest `at`
 //! again; its telemetry is unaffected.)
 
 use std::collections::BTreeMap;
@@ -158,6 +160,13 @@ pub(crate) fn apply_status(
         };
         let newest_at = old.as_ref().map_or(status.at, |o| o.newest_at.max(status.at));
         let seen_at = if online { Some(received_at) } else { old.as_ref().and_then(|o| o.seen_at) };
+        let status = match &old {
+            // A last will was written at connect: what the device reported since (a swap) is newer.
+            Some(o) if !online && status.at < o.newest_at => {
+                Status { state: AgentState::Offline, health: None, at: status.at, ..o.status.clone() }
+            }
+            _ => status.clone(),
+        };
         let record = StatusRecord { status: status.clone(), newest_at, received_at, seen_at, since };
         let applied = StatusApplied { state: status.state, online, changed };
         Ok((Change::Put(record), Ok(applied)))

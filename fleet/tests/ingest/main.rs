@@ -6,7 +6,7 @@ mod drift;
 mod support;
 
 use outpost_common::protocol::auth::{MAX_SEALED_BYTES, Sealed, derive_device_key};
-use outpost_common::protocol::{self, AgentState};
+use outpost_common::protocol::{self, AgentState, ServedModel, Status};
 use outpost_common::topics::{self, Channel};
 use outpost_fleet::drift::DriftGroup;
 use outpost_fleet::ingest::{AggregateFilter, DropReason, IngestConfig, Outcome, StatusApplied, TimeRange};
@@ -182,6 +182,27 @@ fn status_tracks_online_offline_and_the_last_will() {
     // Reconnected.
     assert_eq!(
         fleet.send(&d, &status(AgentState::Running, t(10)), t(10)).outcome,
+        applied(true, true, AgentState::Running)
+    );
+
+    // It swaps to v2 (a newer status), then its connection drops: the will, written at connect, names v1, but the
+    // device is shown offline on v2.
+    let swapped = Status {
+        model: Some(model(2)),
+        models: vec![ServedModel { name: "defect".into(), active: 2, previous: Some(1), committed: true }],
+        ..status(AgentState::Running, t(12))
+    };
+    let will = status(AgentState::Running, t(10)).last_will();
+    assert_eq!(fleet.send(&d, &swapped, t(12)).outcome, applied(true, false, AgentState::Running));
+    assert_eq!(fleet.send(&d, &will, t(13)).outcome, applied(false, true, AgentState::Offline));
+    let view = fleet.ingest.device(&d).expect("query").expect("known");
+    let agent = view.status.expect("status kept");
+    assert_eq!((view.online, agent.state, agent.model), (false, AgentState::Offline, Some(model(2))));
+    assert_eq!(agent.models[0].active, 2, "the will's v1 does not replace the newer v2");
+    assert!(agent.health.is_none(), "a stopped device has no health");
+    // Back on v2 after the reconnect.
+    assert_eq!(
+        fleet.send(&d, &Status { at: t(14), ..swapped.clone() }, t(14)).outcome,
         applied(true, true, AgentState::Running)
     );
 
