@@ -1,11 +1,13 @@
-//! The README's first command, `outpost-fleet demo`, run as a newcomer runs it (bounded with `--seconds`).
+//! The README's first command, `outpost-fleet demo`, run as a newcomer runs it (bounded with `--seconds`): three
+//! agents report to the fleet, and v2 of their model is pushed and rolled out to them in stages.
 
 use std::process::Command;
 
 #[test]
-fn demo_runs_a_fleet_with_three_agents_and_stops_cleanly() {
+fn demo_runs_a_fleet_with_three_agents_rolls_out_v2_and_stops_cleanly() {
+    // The rollout starts once the agents report v1 (a few seconds) and takes about 25 s: three stages of 8 s.
     let out = Command::new(env!("CARGO_BIN_EXE_outpost-fleet"))
-        .args(["demo", "--seconds", "8", "--port", "0"])
+        .args(["demo", "--seconds", "60", "--port", "0"])
         .output()
         .expect("demo starts");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -26,5 +28,12 @@ fn demo_runs_a_fleet_with_three_agents_and_stops_cleanly() {
             .unwrap_or_else(|| panic!("no summary line for {device}: {stdout}"));
         let frames: u64 = line.split_whitespace().rev().nth(3).and_then(|v| v.parse().ok()).unwrap_or(0);
         assert!(frames > 0, "{device} reported frames: {line}");
+        // The rollout reached it: it ends on v2, as the fleet last heard from it.
+        assert!(line.split_whitespace().any(|w| w == "v2"), "{device} runs v2: {line}");
     }
+    // The stages went by one after the other, while the agents kept processing frames.
+    let stages: Vec<&str> = stdout.lines().filter(|l| l.contains("rollout r1") && l.contains("started")).collect();
+    assert_eq!(stages.len(), 3, "three stages: {stdout}");
+    assert!(stdout.contains("Rollout r1 completed"), "{stdout}");
+    assert!(stdout.contains("rollout r1: defect v2 completed"), "{stdout}");
 }

@@ -1,7 +1,10 @@
 //! `outpost-fleet demo`: the fleet with its embedded broker and store, three agents enrolled automatically and run
 //! in this process on the bundled frames (two on a normal line, one whose lighting drifts after its normal frames),
-//! the API's URL and an admin token printed; until Ctrl-C (or `--seconds`), after which nothing keeps running and a
-//! summary is printed.
+//! the API's URL and an admin token printed. Then a release: v1 and v2 of the model, signed with a key made for the
+//! demo, are pushed to the registry, and v2 is rolled out to the three agents in stages while they keep processing
+//! frames (`release.rs`). Until Ctrl-C (or `--seconds`), after which nothing keeps running and a summary is printed.
+
+mod release;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,7 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::devices::agent_config;
 use crate::config::FleetConfig;
+use crate::rollout::State;
 use crate::serve::Running;
+use outpost_common::vision::spec::ModelSpec;
+use release::{Api, Release};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -31,13 +37,18 @@ pub struct DemoArgs {
     /// Frames per second each agent replays.
     #[arg(long, default_value_t = 5.0)]
     pub fps: f64,
+    /// Only push the two versions; do not roll v2 out.
+    #[arg(long)]
+    pub no_rollout: bool,
 }
 
-/// The three demo devices: name, site tag, frame sets played in turn (then looped).
+/// The three demo devices: name, site tag, frame sets played in turn (then looped). The third camera's lighting
+/// changes after about a minute of normal frames (80 frames a set, 5 fps): by then the rollout is over, so its gates
+/// compare the two versions on a normal line.
 const DEVICES: [(&str, &str, &[&str]); 3] = [
     ("demo-cam-1", "plant-a", &["defect-val"]),
     ("demo-cam-2", "plant-a", &["defect-val"]),
-    ("demo-cam-3", "plant-b", &["defect-val", "defect-drift"]),
+    ("demo-cam-3", "plant-b", &["defect-val", "defect-val", "defect-val", "defect-val", "defect-drift"]),
 ];
 
 /// A folder with the frames of `sets` in order (copied, prefixed so the replay's name order plays them in turn).
@@ -62,11 +73,11 @@ fn free_addr(preferred: u16) -> Result<std::net::SocketAddr> {
 /// The agent config of one demo device: the enrolled identity plus a replay camera on the bundled frames.
 fn demo_agent(
     running: &Running,
-    name: &str,
-    site: &str,
+    (name, site): (&str, &str),
     frames: &Path,
     args: &DemoArgs,
     state: &Path,
+    release_key: &str,
 ) -> Result<String> {
     let credentials = running.registry.enroll(name, [("site".to_string(), site.to_string())].into())?;
     let mut toml = agent_config(&credentials, &running.mqtt, &format!("http://{}", running.http));
@@ -74,18 +85,20 @@ fn demo_agent(
     toml.push_str(&format!(
         "\n[telemetry]\nwindow_secs = 2\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\nthreads = 1\n\n\
          [[models]]\nname = \"defect\"\nversion = 1\npath = {:?}\n\n\
-         [[cameras]]\nname = \"line-1\"\nmodel = \"defect\"\nsource = {{ kind = \"replay\", path = {:?}, fps = {:.1} }}\n",
+         [[cameras]]\nname = \"line-1\"\nmodel = \"defect\"\nsource = {{ kind = \"replay\", path = {:?}, fps = {:.1} }}\n\n\
+         [updates]\ntrusted_keys = [{release_key:?}]\ncheck_interval_secs = 10\n\n\
+         [updates.trial]\nmin_frames = 10\nmin_secs = 2.0\nmax_secs = 60.0\n",
         args.model, frames, args.fps
     ));
     Ok(toml)
 }
 
-/// The class names the model's own metadata declares.
-fn model_labels(path: &Path) -> Result<Vec<String>> {
+/// What the model is (task, input, class names), from its own metadata.
+fn model_spec(path: &Path) -> Result<ModelSpec> {
     let rt = outpost_common::vision::engine::Runtime::init(None)?;
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let vision = outpost_common::vision::Vision::load(rt, &bytes, Default::default())?;
-    Ok(vision.spec().labels.clone())
+    Ok(vision.spec().clone())
 }
 
 pub fn run(args: &DemoArgs) -> Result<()> {
@@ -100,6 +113,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
 
 async fn demo(args: &DemoArgs) -> Result<()> {
     let state = tempfile::Builder::new().prefix("outpost-demo-").tempdir()?;
+    let spec = model_spec(&args.model)?;
+    let release = Release::new(&args.model, spec.clone())?;
     let config = FleetConfig {
         state_dir: state.path().join("fleet"),
         shutdown_deadline_secs: 10,
@@ -111,12 +126,12 @@ async fn demo(args: &DemoArgs) -> Result<()> {
         http: crate::config::HttpConfig { listen: free_addr(args.port)?, ..Default::default() },
         ingest: Default::default(),
         annotation: crate::config::AnnotationConfig {
-            labels: [("defect".to_string(), model_labels(&args.model)?)].into(),
+            labels: [(release::MODEL.to_string(), spec.labels.clone())].into(),
             ..Default::default()
         },
         alerts: Default::default(),
-        models: Default::default(),
-        rollouts: Default::default(),
+        models: crate::models::ModelsConfig { trusted_keys: vec![release.trusted_key()], ..Default::default() },
+        rollouts: crate::rollout::RolloutConfig { tick_secs: 1, resend_secs: 10, ..Default::default() },
     };
     let fleet_stop = CancellationToken::new();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -128,11 +143,19 @@ async fn demo(args: &DemoArgs) -> Result<()> {
         Err(_) => return fleet.await?.context("the fleet did not start"),
     };
 
+    // The registry holds both versions before any agent starts: a rollout can only target devices whose current
+    // version it can roll back to.
+    let api = Api::new(&running)?;
+    for version in [1, 2] {
+        release.push(&api, version).await?;
+    }
+
     let agents_stop = CancellationToken::new();
     let mut agents = Vec::new();
     for (name, site, sets) in DEVICES {
         let frames = frames_folder(&args.frames, sets, &state.path().join("frames").join(name))?;
-        let toml = demo_agent(&running, name, site, &frames, args, &state.path().join("agents"))?;
+        let toml =
+            demo_agent(&running, (name, site), &frames, args, &state.path().join("agents"), &release.trusted_key())?;
         let path = state.path().join(format!("{name}.agent.toml"));
         let config = AgentConfig::parse(&toml, &path)?.validate()?;
         agents.push((name, tokio::spawn(outpost_agent::app::run(config, agents_stop.clone()))));
@@ -142,7 +165,17 @@ async fn demo(args: &DemoArgs) -> Result<()> {
     println!("  admin token:  {}", running.admin_token);
     println!("  MQTT broker:  {}", running.mqtt);
     println!("  devices:      {}", DEVICES.map(|d| d.0).join(", "));
+    println!(
+        "  models:       {} v1 and v2 in the registry, signed with a release key made for this demo",
+        release::MODEL
+    );
     println!("Try: curl -H 'Authorization: Bearer {}' http://{}/api/v1/devices", running.admin_token, running.http);
+    let rollout = if args.no_rollout {
+        None
+    } else {
+        let (running, stop) = (running.clone(), agents_stop.clone());
+        Some(tokio::spawn(async move { roll_out(&running, &api, &stop).await }))
+    };
     match args.seconds {
         Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
         None => {
@@ -153,6 +186,13 @@ async fn demo(args: &DemoArgs) -> Result<()> {
 
     println!("Stopping the agents and the fleet…");
     agents_stop.cancel();
+    if let Some(task) = rollout {
+        match task.await {
+            Ok(Err(e)) => eprintln!("rollout: {e:#}"),
+            Err(e) => eprintln!("rollout: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
     for (name, task) in agents {
         match tokio::time::timeout(Duration::from_secs(20), task).await {
             Ok(Ok(Ok(()))) => {}
@@ -167,15 +207,62 @@ async fn demo(args: &DemoArgs) -> Result<()> {
     Ok(())
 }
 
+/// Once every agent reports v1, rolls v2 out to them in stages and prints what happens until it ends.
+async fn roll_out(running: &Running, api: &Api, stop: &CancellationToken) -> Result<()> {
+    let devices = DEVICES.map(|d| d.0);
+    if !release::reported(running, &devices, 1, stop).await {
+        return Ok(());
+    }
+    let id = release::create(api, release::plan(&devices)).await?;
+    println!("Rolling out {} v2 in stages (1 device, 2, all): `outpost rollout status {id}` shows it.", release::MODEL);
+    match release::follow(&running.rollouts, &id, stop).await {
+        Some(State::Completed { .. }) => println!("Rollout {id} completed: every demo agent runs v2."),
+        Some(State::Aborted { reason, .. }) => {
+            println!("Rollout {id} aborted ({reason}); its canaries went back to v1.")
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `defect-val×4 + defect-drift`: the frame sets in play order, repeats counted.
+fn describe_sets(sets: &[&str]) -> String {
+    let mut runs: Vec<(&str, usize)> = Vec::new();
+    for set in sets {
+        match runs.last_mut() {
+            Some((last, n)) if last == set => *n += 1,
+            _ => runs.push((set, 1)),
+        }
+    }
+    let runs = runs.into_iter().map(|(set, n)| if n > 1 { format!("{set}×{n}") } else { set.to_string() });
+    runs.collect::<Vec<_>>().join(" + ")
+}
+
 /// What the fleet saw, for the last lines of the demo.
 fn summary(running: &Running) -> String {
     let mut out = String::from("What the fleet saw:\n");
     for (name, site, sets) in DEVICES {
-        let set = sets.join("+");
+        let set = describe_sets(sets);
         let view =
             outpost_common::topics::DeviceId::new(name).ok().and_then(|id| running.ingest.device(&id).ok().flatten());
         let (frames, flagged) = view.as_ref().map_or((0, 0), |v| (v.totals.frames, v.totals.flagged));
-        out.push_str(&format!("  {name:<11} site={site:<8} {set:<24} {frames:>5} frames {flagged:>4} flagged\n"));
+        let served = view
+            .as_ref()
+            .and_then(|v| v.status.as_ref())
+            .and_then(|s| s.models.iter().find(|m| m.name == release::MODEL))
+            .map_or_else(|| "v?".to_string(), |m| format!("v{}", m.active));
+        out.push_str(&format!(
+            "  {name:<11} site={site:<8} {set:<28} {served:<3} {frames:>5} frames {flagged:>4} flagged\n"
+        ));
+    }
+    for header in running.rollouts.list() {
+        out.push_str(&format!(
+            "  rollout {}: {} v{} {}\n",
+            header.id,
+            header.plan.model,
+            header.plan.version,
+            header.state.name()
+        ));
     }
     let alerts = running.ingest.drift_alerts(None, 100).unwrap_or_default();
     if alerts.is_empty() {
@@ -187,4 +274,13 @@ fn summary(running: &Running) -> String {
         out.push_str(&format!("  drift alert: {}\n", serde_json::to_string(&a).unwrap_or_default()));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn frame_sets_are_described_in_play_order_with_repeats_counted() {
+        assert_eq!(super::describe_sets(&["defect-val"]), "defect-val");
+        assert_eq!(super::describe_sets(&["a", "a", "a", "b", "a"]), "a×3 + b + a");
+    }
 }
