@@ -214,7 +214,13 @@ async fn roll_out(running: &Running, api: &Api, stop: &CancellationToken) -> Res
         return Ok(());
     }
     let id = release::create(api, release::plan(&devices)).await?;
-    println!("Rolling out {} v2 in stages (1 device, 2, all): `outpost rollout status {id}` shows it.", release::MODEL);
+    println!(
+        "Rolling out {} v2 in stages (1 device, 2, all). To watch it: \
+         OUTPOST_FLEET_URL=http://{} OUTPOST_TOKEN={} outpost rollout status {id}",
+        release::MODEL,
+        running.http,
+        running.admin_token
+    );
     match release::follow(&running.rollouts, &id, stop).await {
         Some(State::Completed { .. }) => println!("Rollout {id} completed: every demo agent runs v2."),
         Some(State::Aborted { reason, .. }) => {

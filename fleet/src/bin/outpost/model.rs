@@ -203,7 +203,7 @@ fn summary(verified: &VerifiedManifest, model: Option<&str>, family_note: Option
         (Some(f), None) => f.clone(),
         (None, _) => "any".into(),
     };
-    let time = |t: OffsetDateTime| t.format(&Rfc3339).unwrap_or_else(|_| t.to_string());
+    let time = crate::registry::time;
     let labels = if m.labels.len() > 8 {
         format!("{}, ... ({} labels)", m.labels[..8].join(", "), m.labels.len())
     } else {

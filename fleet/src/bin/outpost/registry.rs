@@ -92,7 +92,9 @@ fn golden_parts(dir: &Path) -> anyhow::Result<GoldenDir> {
     Ok(GoldenDir { images, labels })
 }
 
-fn time(t: time::OffsetDateTime) -> String {
+/// A time as the CLI prints it: RFC 3339, to the second.
+pub(crate) fn time(t: time::OffsetDateTime) -> String {
+    let t = t.replace_nanosecond(0).unwrap_or(t);
     t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 

@@ -237,7 +237,7 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
                 print_gates(g);
             }
             for line in h.history.iter().rev().take(10).rev() {
-                println!("{}  {}", line.at, line.what);
+                println!("{}  {}", crate::registry::time(line.at), line.what);
             }
             Ok(Outcome::Done)
         }
