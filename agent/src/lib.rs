@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod pipeline;
 pub mod queue;
+pub mod results;
 mod rng;
 pub mod samples;
 pub mod source;
