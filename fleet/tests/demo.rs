@@ -5,9 +5,9 @@ use std::process::Command;
 
 #[test]
 fn demo_runs_a_fleet_with_three_agents_rolls_out_v2_and_stops_cleanly() {
-    // The rollout starts once the agents report v1 (a few seconds) and takes about 25 s: three stages of 8 s.
+    // The rollout starts once the agents report v1 (a few seconds) and takes about 35 s: three stages of 10–12 s.
     let out = Command::new(env!("CARGO_BIN_EXE_outpost-fleet"))
-        .args(["demo", "--seconds", "60", "--port", "0"])
+        .args(["demo", "--seconds", "70", "--port", "0"])
         .output()
         .expect("demo starts");
     let stdout = String::from_utf8_lossy(&out.stdout);

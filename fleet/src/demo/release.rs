@@ -92,8 +92,9 @@ impl Api {
 }
 
 /// The demo's plan: v2 to the demo devices in three stages (one device, two, all), each dwelling 8 s, with the
-/// quality gate on 3 windows a side. The latency gate allows 3× control: the demo shares a small machine with
-/// three agents. Automatic promotion; no approval.
+/// quality gate on 5 windows a side (10 s, 50 frames of the 80 photos each camera replays: fewer would let the few
+/// photos a canary happened to see decide). The latency gate allows 3× control: the demo shares a small machine
+/// with three agents. Automatic promotion; no approval.
 pub fn plan(devices: &[&str]) -> Value {
     let stage = |size: &str| json!({"size": size, "min_dwell_secs": 8, "min_reporting": 1});
     json!({
@@ -103,7 +104,7 @@ pub fn plan(devices: &[&str]) -> Value {
         "stages": [stage("1"), stage("2"), stage("100%")],
         "gates": {
             "install": {"min_committed": 1.0, "max_failed": 0.0, "min_executed": 1, "timeout_secs": 120},
-            "quality": {"max_confidence_drop": 0.05, "max_flagged_increase": 0.05, "alpha": 0.01, "min_windows": 3},
+            "quality": {"max_confidence_drop": 0.05, "max_flagged_increase": 0.05, "alpha": 0.01, "min_windows": 5},
             "latency": {"max_p95_factor": 3.0},
             "drift": true
         }

@@ -6,7 +6,7 @@
 
 use serde_json::json;
 
-use crate::rig::{DETECTOR, phases, plan, rig_with, served, state, told};
+use crate::rig::{DETECTOR, phases, plan, rig_with, served, state, story, told};
 
 /// The install gate counts a failure share only once this many devices finished.
 const MIN_EXECUTED: u64 = 3;
@@ -24,7 +24,7 @@ async fn a_version_that_fails_on_devices_is_aborted_by_the_install_gate() {
     let id = r.create(plan(2, stages, install)).await;
 
     let status = r.wait_rollout(&id, "the install gate's abort", |s| state(s) != "running").await;
-    assert_eq!(state(&status), "aborted", "{status:#}");
+    assert_eq!(state(&status), "aborted", "{}", story(&status));
     let reason = status["reason"].as_str().unwrap_or("");
     assert!(reason.starts_with("gate failed at stage 1: install: "), "{status:#}");
     // The evaluation that aborted had at least `min_executed` finished devices, all failed.

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::rig::{LOWCONF, all_commit, phases, plan, rig, served, state, told};
+use crate::rig::{LOWCONF, all_commit, phases, plan, rig, served, state, story, told};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_less_confident_version_is_stopped_at_the_canary_and_rolled_back() {
@@ -16,7 +16,7 @@ async fn a_less_confident_version_is_stopped_at_the_canary_and_rolled_back() {
     let id = r.create(plan(2, stages, all_commit())).await;
 
     let status = r.wait_rollout(&id, "the quality gate's abort", |s| state(s) != "running").await;
-    assert_eq!(state(&status), "aborted", "{status:#}");
+    assert_eq!(state(&status), "aborted", "{}", story(&status));
     let reason = status["reason"].as_str().unwrap_or("");
     assert!(reason.starts_with("gate failed at stage 1: quality: mean confidence"), "{status:#}");
     assert_eq!(status["stage"], 0, "stopped at the canary stage: {status:#}");

@@ -5,7 +5,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::rig::{DETECTOR, all_commit, phases, plan, rig, served, state, told};
+use crate::rig::{DETECTOR, all_commit, phases, plan, rig, served, state, story, told};
 
 fn history(status: &Value) -> Vec<String> {
     status["history"].as_array().into_iter().flatten().filter_map(|h| h["what"].as_str()).map(String::from).collect()
@@ -53,7 +53,7 @@ async fn a_fleet_killed_mid_stage_resumes_the_rollout() {
     let (code, answer) = r.fleet.call(Method::POST, &format!("/rollouts/{id}/approve"), &r.fleet.admin, None).await;
     assert_eq!(code, 200, "{answer}");
     let done = r.wait_rollout(&id, "completion", |s| state(s) != "running" && state(s) != "awaiting_approval").await;
-    assert_eq!(state(&done), "completed", "{done:#}");
+    assert_eq!(state(&done), "completed", "{}", story(&done));
     let history = history(&done);
     for stage in ["stage 1 (1) started", "stage 2 (50%) started", "stage 3 (100%) started"] {
         assert_eq!(history.iter().filter(|h| h.starts_with(stage)).count(), 1, "{stage}: {history:#?}");

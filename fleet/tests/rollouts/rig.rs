@@ -139,8 +139,10 @@ pub fn served(device: &Value) -> Option<(u64, bool)> {
     Some((m["active"].as_u64()?, m["committed"].as_bool()?))
 }
 
-/// A plan for `defect` v`version` to the devices tagged `fleet=test`, with quick gates: 3 windows (1 s each) a side
-/// for quality, drift and latency out of the way so only the gates a scenario is about can fire.
+/// A plan for `defect` v`version` to the devices tagged `fleet=test`, with quick gates: 8 windows (1 s each) a side
+/// for quality, drift and latency out of the way so only the gates a scenario is about can fire. Eight windows, as
+/// the agents replay 8 photos at 2 fps: with fewer, the gate would compare a few photos on the canary against every
+/// photo on the control devices, and a canary whose few windows happened to be the hard photos could look worse.
 pub fn plan(version: u64, stages: Value, install: Value) -> Value {
     json!({
         "model": "defect",
@@ -149,7 +151,7 @@ pub fn plan(version: u64, stages: Value, install: Value) -> Value {
         "stages": stages,
         "gates": {
             "install": install,
-            "quality": {"max_confidence_drop": 0.05, "max_flagged_increase": 1.0, "alpha": 0.01, "min_windows": 3},
+            "quality": {"max_confidence_drop": 0.05, "max_flagged_increase": 1.0, "alpha": 0.01, "min_windows": 8},
             "latency": {"max_p95_factor": 1000.0},
             "drift": false
         }
@@ -220,6 +222,19 @@ pub fn phases(status: &Value) -> Vec<(String, String)> {
 /// The rollout's state name (`running`, `completed`, `aborted`, ...).
 pub fn state(status: &Value) -> &str {
     status["state"].as_str().unwrap_or("")
+}
+
+/// The rollout's history, its end (reason) and last gate figures: what a failed assertion should say first.
+pub fn story(status: &Value) -> String {
+    let history: Vec<&str> =
+        status["history"].as_array().into_iter().flatten().filter_map(|h| h["what"].as_str()).collect();
+    format!(
+        "state {}: {}\nhistory:\n  {}\ngates: {:#}",
+        state(status),
+        status["reason"],
+        history.join("\n  "),
+        status["gates"]
+    )
 }
 
 /// Polls `condition` until it holds, for conditions that are not one API answer.

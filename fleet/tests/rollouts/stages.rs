@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::rig::{DETECTOR, all_commit, eventually, phases, plan, rig, served, state};
+use crate::rig::{DETECTOR, all_commit, eventually, phases, plan, rig, served, state, story};
 
 /// Agents in this scenario, and the rate each replays its photos at.
 const AGENTS: usize = 10;
@@ -21,7 +21,7 @@ async fn a_good_version_goes_through_every_stage_without_a_dropped_frame() {
     let id = r.create(plan(2, stages, all_commit())).await;
 
     let status = r.wait_rollout(&id, "the rollout to finish", |s| !matches!(state(s), "running")).await;
-    assert_eq!(state(&status), "completed", "{status:#}");
+    assert_eq!(state(&status), "completed", "{}", story(&status));
     let history: Vec<&str> =
         status["history"].as_array().into_iter().flatten().filter_map(|h| h["what"].as_str()).collect();
     for stage in ["stage 1 (1) started", "stage 2 (50%) started", "stage 3 (100%) started"] {
