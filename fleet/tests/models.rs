@@ -4,14 +4,13 @@
 //! part file; roles; and the `outpost model` commands end to end.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use outpost_common::manifest::{self, Artifact, Envelope, MANIFEST_SCHEMA, Manifest, SecretKey, Sha256Sum};
 use outpost_common::vision::engine::Runtime;
 use outpost_common::vision::spec::Task;
 use outpost_common::vision::{Vision, VisionOptions};
-use outpost_tests::broker::free_port;
 use reqwest::blocking::multipart::{Form, Part};
 use serde_json::Value;
 
@@ -61,18 +60,15 @@ fn sign(manifest: &Manifest, keys: &[SecretKey]) -> Vec<u8> {
     manifest::sign_manifest(manifest, &refs).to_json_pretty()
 }
 
+#[path = "processes/fleet.rs"]
+mod processes;
+
+/// The real fleet (see `processes/fleet.rs`) in its own temp dir, which lives as long as it does.
 struct Fleet {
-    child: Child,
+    process: processes::Fleet,
     base: String,
     admin: String,
     dir: tempfile::TempDir,
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn client() -> reqwest::blocking::Client {
@@ -90,34 +86,11 @@ fn start(extra: &str) -> Fleet {
 }
 
 fn start_with(models: &str) -> Fleet {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (http, v4, v5) = (free_port().expect("port"), free_port().expect("port"), free_port().expect("port"));
-    let config = format!(
-        "state_dir = {:?}\n[broker]\nlisten = \"127.0.0.1:{v4}\"\nlisten_v5 = \"127.0.0.1:{v5}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n[models]\n{models}\n",
-        dir.path().join("state")
-    );
-    std::fs::write(dir.path().join("fleet.toml"), config).expect("config");
-    let log = std::fs::File::create(dir.path().join("fleet.log")).expect("log");
-    let child = Command::new(env!("CARGO_BIN_EXE_outpost-fleet"))
-        .args(["serve", "--config"])
-        .arg(dir.path().join("fleet.toml"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("outpost-fleet starts");
-    let base = format!("http://127.0.0.1:{http}");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if client().get(format!("{base}/readyz")).send().is_ok_and(|r| r.status() == 200) {
-            break;
-        }
-        let log = std::fs::read_to_string(dir.path().join("fleet.log")).unwrap_or_default();
-        assert!(Instant::now() < deadline, "the fleet never became ready:\n{log}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let admin = std::fs::read_to_string(dir.path().join("state/admin.token")).expect("admin token written");
-    Fleet { child, base, admin: admin.trim().to_string(), dir }
+    let extra = format!("[models]\n{models}\n");
+    let options = processes::FleetOptions { extra: &extra, ..Default::default() };
+    let process = processes::Fleet::start_blocking(dir.path(), &options);
+    Fleet { base: process.base.clone(), admin: process.admin.clone(), process, dir }
 }
 
 impl Fleet {
@@ -180,7 +153,7 @@ impl Fleet {
     /// Files under the object store's `models/` folder.
     fn model_blobs(&self) -> Vec<String> {
         let mut out = Vec::new();
-        let mut dirs = vec![self.dir.path().join("state/blobs/models")];
+        let mut dirs = vec![self.process.state_dir().join("blobs/models")];
         while let Some(dir) = dirs.pop() {
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for entry in entries {

@@ -1,24 +1,18 @@
 //! `outpost-fleet serve` as an operator meets it: the real binary, the `outpost device` CLI against it, and the API's
 //! answers to every role and to malformed requests (4xx, never 5xx).
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use outpost_tests::broker::free_port;
+#[path = "processes/fleet.rs"]
+mod processes;
 
+/// The real fleet (see `processes/fleet.rs`) in its own temp dir, which lives as long as it does.
 struct Fleet {
-    child: Child,
+    process: processes::Fleet,
     base: String,
     admin: String,
     dir: tempfile::TempDir,
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn client() -> reqwest::blocking::Client {
@@ -31,37 +25,9 @@ fn client() -> reqwest::blocking::Client {
 }
 
 fn start() -> Fleet {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (http, v4, v5) = (free_port().expect("port"), free_port().expect("port"), free_port().expect("port"));
-    let config = format!(
-        "state_dir = {:?}\n[broker]\nlisten = \"127.0.0.1:{v4}\"\nlisten_v5 = \"127.0.0.1:{v5}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n",
-        dir.path().join("state")
-    );
-    std::fs::write(dir.path().join("fleet.toml"), config).expect("config");
-    let log = std::fs::File::create(dir.path().join("fleet.log")).expect("log");
-    let child = Command::new(env!("CARGO_BIN_EXE_outpost-fleet"))
-        .args(["serve", "--config"])
-        .arg(dir.path().join("fleet.toml"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("outpost-fleet starts");
-    let base = format!("http://127.0.0.1:{http}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if client().get(format!("{base}/readyz")).send().is_ok_and(|r| r.status() == 200) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the fleet never became ready:\n{}", log_of(dir.path()));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let admin = std::fs::read_to_string(dir.path().join("state/admin.token")).expect("admin token written");
-    Fleet { child, base, admin: admin.trim().to_string(), dir }
-}
-
-fn log_of(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("fleet.log")).unwrap_or_default()
+    let process = processes::Fleet::start_blocking(dir.path(), &processes::FleetOptions::default());
+    Fleet { base: process.base.clone(), admin: process.admin.clone(), process, dir }
 }
 
 fn outpost(fleet: &Fleet, args: &[&str]) -> std::process::Output {
@@ -186,16 +152,8 @@ fn each_role_is_refused_what_it_may_not_do_and_bad_requests_are_4xx() {
 #[test]
 fn sigterm_stops_the_fleet_cleanly() {
     let mut fleet = start();
-    let pid = fleet.child.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = fleet.child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(started.elapsed() < Duration::from_secs(15), "no exit within the deadline");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "{status}:\n{}", log_of(fleet.dir.path()));
-    assert!(log_of(fleet.dir.path()).contains("fleet stopped"));
+    // Exits 0 (asserted by `terminate`) after the last step of its shutdown, within its 10 s deadline and a margin.
+    let took = fleet.process.terminate();
+    assert!(took < Duration::from_secs(15), "stopped after {took:?}");
+    assert!(fleet.process.log().contains("fleet stopped"), "{}", fleet.process.log());
 }

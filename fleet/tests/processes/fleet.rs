@@ -1,6 +1,6 @@
 //! The real `outpost-fleet serve` process for end-to-end tests: a config in a temp dir (embedded or external broker,
 //! optional HTTPS, extra tables), readiness, API calls with the admin token, polling with a generous deadline.
-//! Shared by `tests/agents.rs` and the `processes` test binary.
+//! Shared by `tests/agents.rs`, `tests/models.rs`, `tests/serve.rs` and the `processes` and `rollouts` test binaries.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use serde_json::Value;
 /// The longest any step waits; generous, because two cores run the whole workspace's tests.
 pub const WAIT: Duration = Duration::from_secs(90);
 
+#[allow(unused_imports)] // not every test binary that includes this file uses them
 pub use outpost_tests::fixtures::{defect_images, root};
 
 /// How to run the fleet.
@@ -43,6 +44,41 @@ pub struct Fleet {
 impl Fleet {
     /// Starts `outpost-fleet serve` with its state and log in `dir`, and waits until `/readyz` answers 200.
     pub async fn start(dir: &Path, options: &FleetOptions<'_>) -> Fleet {
+        let mut fleet = Fleet::spawn(dir, options);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let ready = fleet.client.get(format!("{}/readyz", fleet.base)).send().await;
+            if ready.is_ok_and(|r| r.status() == 200) {
+                break;
+            }
+            fleet.process.check_alive();
+            assert!(Instant::now() < deadline, "fleet not ready:\n{}", fleet.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        fleet.read_admin();
+        fleet
+    }
+
+    /// [`Fleet::start`] for tests without an async runtime (they call the API with a blocking client; the
+    /// fleet's own `client` needs a runtime). HTTP only.
+    pub fn start_blocking(dir: &Path, options: &FleetOptions<'_>) -> Fleet {
+        let mut fleet = Fleet::spawn(dir, options);
+        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if client.get(format!("{}/readyz", fleet.base)).send().is_ok_and(|r| r.status() == 200) {
+                break;
+            }
+            fleet.process.check_alive();
+            assert!(Instant::now() < deadline, "fleet not ready:\n{}", fleet.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        fleet.read_admin();
+        fleet
+    }
+
+    /// Writes `fleet.toml` in `dir` and starts the process (not ready yet).
+    fn spawn(dir: &Path, options: &FleetOptions<'_>) -> Fleet {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let (http, v4, v5) = (free_port().expect("port"), free_port().expect("port"), free_port().expect("port"));
         let broker = match options.external {
@@ -77,7 +113,7 @@ impl Fleet {
             client = client.tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).expect("CA certificate"));
         }
         let scheme = if ca.is_some() { "https" } else { "http" };
-        let mut fleet = Fleet {
+        Fleet {
             process,
             base: format!("{scheme}://127.0.0.1:{http}"),
             admin: String::new(),
@@ -85,19 +121,17 @@ impl Fleet {
             mqtt_port: if options.external.is_some() { 0 } else { v4 },
             ca,
             client: client.build().expect("HTTP client"),
-        };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let ready = fleet.client.get(format!("{}/readyz", fleet.base)).send().await;
-            if ready.is_ok_and(|r| r.status() == 200) {
-                break;
-            }
-            fleet.process.check_alive();
-            assert!(Instant::now() < deadline, "fleet not ready:\n{}", fleet.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        fleet.admin = std::fs::read_to_string(dir.join("fleet/admin.token")).expect("admin token").trim().to_string();
-        fleet
+    }
+
+    fn read_admin(&mut self) {
+        let token = std::fs::read_to_string(self.state_dir().join("admin.token")).expect("admin token");
+        self.admin = token.trim().to_string();
+    }
+
+    /// The fleet's `state_dir`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("fleet")
     }
 
     /// SIGKILL: the fleet vanishes with whatever it had not written.
@@ -124,10 +158,11 @@ impl Fleet {
         self.process.log()
     }
 
-    /// SIGTERM; the fleet must exit cleanly.
-    pub fn terminate(&mut self) {
-        let (status, _) = self.process.terminate(WAIT);
+    /// SIGTERM; the fleet must exit cleanly. Returns how long it took.
+    pub fn terminate(&mut self) -> Duration {
+        let (status, took) = self.process.terminate(WAIT);
         assert!(status.success(), "the fleet exited with {status}:\n{}", self.log());
+        took
     }
 
     /// `/api/v1{path}` with `token`; the status and the JSON body (null when not JSON).
