@@ -13,6 +13,7 @@
 //! windows per second over all devices in the ceiling phase, 40000), `OUTPOST_LOAD_BATCH` (devices connected at a
 //! time, 100).
 
+mod noop;
 mod procs;
 mod run;
 

@@ -1,7 +1,6 @@
 //! One fleet size: enrollment, the broker-only baseline, the fleet, and the figures.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -13,9 +12,9 @@ use outpost_fleet::load::stats::{self, Delays};
 use outpost_fleet::load::{Phase, Swarm, sys};
 use outpost_fleet::registry::{self, Credentials, Registry};
 use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
 
 use crate::Settings;
+use crate::noop::Subscriber;
 use crate::procs::FleetSetup;
 
 const STEADY: &str = "steady";
@@ -43,6 +42,8 @@ pub struct Report {
     pub load_average: String,
     /// Devices connected when each ceiling phase started (baseline, fleet).
     pub connected: (usize, usize),
+    /// Connections the baseline's no-op subscriber lost (0 for a valid baseline).
+    pub baseline_lost: u64,
 }
 
 fn mib(bytes: f64) -> f64 {
@@ -63,8 +64,9 @@ impl Report {
     pub fn print(&self) {
         println!("--- {} devices (load average {})", self.devices, self.load_average);
         println!(
-            "  enrolled in {:.2} s, connected in {:.1} s; connected at the ceiling phase: {} (broker alone), {} (fleet)",
-            self.enroll_secs, self.connect_secs, self.connected.0, self.connected.1
+            "  enrolled in {:.2} s, connected in {:.1} s; connected at the ceiling phase: {} (broker alone), {} (fleet); \
+             no-op subscriber connections lost: {}",
+            self.enroll_secs, self.connect_secs, self.connected.0, self.connected.1, self.baseline_lost
         );
         println!(
             "  ceiling: offered {:.0} msg/s; broker alone → no-op subscriber {:.0} msg/s; fleet stored {:.0} msg/s; \
@@ -90,13 +92,13 @@ impl Report {
     pub fn table(reports: &[Report]) {
         println!();
         println!(
-            "| devices | offered msg/s | broker alone msg/s | fleet stored msg/s | ratio | RSS/device | p99 delay (steady) | p99 delay (ceiling) |"
+            "| devices | offered msg/s | broker alone msg/s | fleet stored msg/s | ratio | RSS/device | p99 delay (steady) | p99 delay (ceiling) | load average |"
         );
-        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
         for r in reports {
             let p99 = |d: Option<Delays>| d.map_or("-".into(), |d| format!("{:.1} ms", d.p99));
             println!(
-                "| {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} KiB | {} | {} |",
+                "| {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} KiB | {} | {} | {} |",
                 r.devices,
                 r.offered_per_sec,
                 r.baseline_per_sec,
@@ -104,7 +106,8 @@ impl Report {
                 r.ratio(),
                 r.fleet_rss_per_device / 1024.0,
                 p99(r.steady),
-                p99(r.ceiling)
+                p99(r.ceiling),
+                r.load_average
             );
         }
     }
@@ -177,28 +180,11 @@ fn phases(n: usize, s: &Settings) -> (Phase, Phase) {
 /// The broker alone: the fleet's embedded broker, the fleet's MQTT client counting and dropping messages.
 async fn baseline(setup: &FleetSetup, creds: &[Credentials], s: &Settings, report: &mut Report) -> Result<()> {
     let (broker, addr, user, password) = setup.start_broker()?;
-    let received = Arc::new(AtomicU64::new(0));
-    let stop = CancellationToken::new();
-    let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
-    let client = outpost_fleet::mqtt::ClientConfig {
-        host: addr.ip().to_string(),
-        port: addr.port(),
-        client_id: format!("{user}-noop"),
-        username: user,
-        password,
-        shared_group: None,
-    };
-    let _commands = outpost_fleet::mqtt::start(client, tx, stop.clone());
-    let counter = received.clone();
-    let drain = tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let subscriber =
+        Subscriber::start(&addr.ip().to_string(), addr.port(), &user, &password, Duration::from_secs(30)).await?;
     let idle = sys::rss_bytes(broker.pid()).unwrap_or(0);
     let swarm = Swarm::connect(&format!("mqtt://{addr}"), creds, s.batch, Duration::from_secs(30)).await?;
-    let count = || async { Ok(received.load(Ordering::Relaxed)) };
+    let count = || async { Ok(subscriber.received()) };
     settle(count, creds.len() as u64, Duration::from_secs(5), Duration::from_secs(60)).await?;
     let connected = sys::rss_bytes(broker.pid()).unwrap_or(0);
     report.baseline_rss_per_device = connected.saturating_sub(idle) as f64 / creds.len() as f64;
@@ -207,14 +193,14 @@ async fn baseline(setup: &FleetSetup, creds: &[Credentials], s: &Settings, repor
     }
     let (_, ceiling) = phases(creds.len(), s);
     report.connected.0 = swarm.connected();
-    let (before, start) = (received.load(Ordering::Relaxed), Instant::now());
+    let (before, start) = (subscriber.received(), Instant::now());
     let published = swarm.run(&ceiling).await;
     let secs = start.elapsed().as_secs_f64();
     report.offered_per_sec = stats::rate(published.windows + published.statuses, secs);
-    report.baseline_per_sec = stats::rate(received.load(Ordering::Relaxed) - before, secs);
+    report.baseline_per_sec = stats::rate(subscriber.received() - before, secs);
+    report.baseline_lost = subscriber.lost();
     swarm.stop(Duration::from_secs(30)).await;
-    stop.cancel();
-    let _ = drain.await;
+    drop(subscriber);
     broker.kill()?;
     Ok(())
 }
