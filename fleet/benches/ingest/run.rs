@@ -262,7 +262,7 @@ struct PhaseDelays {
 
 pub async fn scenario(n: usize, s: &Settings) -> Result<Report> {
     let dir = tempfile::Builder::new().prefix("outpost-load-").tempdir()?;
-    let setup = FleetSetup { dir: dir.path().to_path_buf() };
+    let setup = FleetSetup { dir: dir.path().to_path_buf(), workers: s.workers };
     let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
     let mut report = Report { devices: n, ..Default::default() };
 
