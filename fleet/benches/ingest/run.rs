@@ -40,6 +40,8 @@ pub struct Report {
     pub steady_later: Option<Delays>,
     /// Each device's first steady-phase window only.
     pub steady_first: Option<Delays>,
+    /// Steady-phase windows ending 30 s or more after the device's first.
+    pub steady_settled: Option<Delays>,
     pub ceiling: Option<Delays>,
     pub windows_published: u64,
     pub windows_stored: usize,
@@ -92,6 +94,7 @@ impl Report {
         println!("  steady ({:.0} msg/s stored): ingest delay {}", self.steady_per_sec, fmt_delays(self.steady));
         println!("    each device's first window: {}", fmt_delays(self.steady_first));
         println!("    the later windows: {}", fmt_delays(self.steady_later));
+        println!("    windows ending 30 s or more after the device's first: {}", fmt_delays(self.steady_settled));
         println!("  ceiling: ingest delay {}", fmt_delays(self.ceiling));
         println!("  windows: {} published, {} stored", self.windows_published, self.windows_stored);
     }
@@ -234,17 +237,22 @@ fn delays(setup: &FleetSetup, creds: &[Credentials], since: OffsetDateTime) -> R
     let mut out = PhaseDelays::default();
     for c in creds {
         let device = DeviceId::new(&c.device)?;
-        let mut first = true;
+        let mut first: Option<OffsetDateTime> = None;
         // Oldest first, so a device's first steady window comes first.
         for w in ingest.windows(&device, &model, range, 1_000_000)? {
             let ms = (w.received_at - w.window.end).as_seconds_f64() * 1000.0;
-            match w.window.camera.as_str() {
-                STEADY if first => {
-                    first = false;
+            match (w.window.camera.as_str(), first) {
+                (STEADY, None) => {
+                    first = Some(w.window.end);
                     out.steady_first.push(ms);
                 }
-                STEADY => out.steady_later.push(ms),
-                CEILING => out.ceiling.push(ms),
+                (STEADY, Some(at)) => {
+                    out.steady_later.push(ms);
+                    if w.window.end - at >= SETTLED {
+                        out.steady_settled.push(ms);
+                    }
+                }
+                (CEILING, _) => out.ceiling.push(ms),
                 _ => {}
             }
         }
@@ -257,8 +265,13 @@ fn delays(setup: &FleetSetup, creds: &[Credentials], since: OffsetDateTime) -> R
 struct PhaseDelays {
     steady_first: Vec<f64>,
     steady_later: Vec<f64>,
+    /// Windows ending [`SETTLED`] or more after the device's first steady window.
+    steady_settled: Vec<f64>,
     ceiling: Vec<f64>,
 }
+
+/// How long after a device's first steady window its windows count as settled (past the first-publish backlog).
+const SETTLED: time::Duration = time::Duration::seconds(30);
 
 pub async fn scenario(n: usize, s: &Settings) -> Result<Report> {
     let dir = tempfile::Builder::new().prefix("outpost-load-").tempdir()?;
@@ -327,6 +340,7 @@ pub async fn scenario(n: usize, s: &Settings) -> Result<Report> {
     report.steady = Delays::of(&mut steady);
     report.steady_first = Delays::of(&mut d.steady_first);
     report.steady_later = Delays::of(&mut d.steady_later);
+    report.steady_settled = Delays::of(&mut d.steady_settled);
     report.ceiling = Delays::of(&mut d.ceiling);
     Ok(report)
 }
