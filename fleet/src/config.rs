@@ -119,6 +119,7 @@ impl FleetConfig {
             return Err(ConfigError::Invalid("broker.listen and broker.listen_v5 must differ".into()));
         }
         self.models.validate().map_err(ConfigError::Invalid)?;
+        self.ingest.validate().map_err(|e| ConfigError::Invalid(format!("ingest: {e}")))?;
         Ok(())
     }
 
@@ -155,6 +156,9 @@ mod tests {
         assert!(err.contains("embeded"), "{err}");
         let err = FleetConfig::parse("[broker]\nembedded = false\n", path).expect_err("no broker").to_string();
         assert!(err.contains("external `url`"), "{err}");
+        let err = FleetConfig::parse("[ingest]\nworkers = 0\n", path).expect_err("no worker").to_string();
+        assert!(err.contains("workers"), "{err}");
+        assert_eq!(FleetConfig::parse("[ingest]\nworkers = 3\n", path).expect("valid").ingest.workers(), 3);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod drift;
 pub mod error;
 pub mod export;
 pub mod ingest;
+pub mod ingest_workers;
 pub mod load;
 pub mod models;
 pub mod mosquitto;

@@ -45,28 +45,21 @@ impl crate::annotate::Catalog for FleetCatalog {
     }
 }
 
-/// Feeds every received message to the ingest, on a blocking thread (the store is synchronous).
-fn ingest_loop(
-    ingest: &Ingest,
-    mut rx: tokio::sync::mpsc::Receiver<crate::mqtt::Incoming>,
-    alerts: &crate::webhook::Alerts,
-    rollouts: &crate::rollout::Engine,
-) {
-    while let Some(m) = rx.blocking_recv() {
-        let now = time::OffsetDateTime::now_utc();
-        match ingest.ingest(&m.topic, &m.payload, now) {
-            Ok(done) => {
-                if matches!(done.outcome, crate::ingest::Outcome::Status(_) | crate::ingest::Outcome::Event(_)) {
-                    rollouts.observe(&done, now);
-                }
-                for alert in done.alerts {
-                    tracing::warn!(model = %alert.model.name, version = alert.model.version, psi = alert.psi, "drift alert");
-                    alerts.send(alert);
-                }
-            }
-            Err(e) => tracing::error!(kind = e.kind(), error = %e, topic = %m.topic, "ingest failed"),
+/// What the service does with each ingested message, on the ingest worker that handled it: status and events go to
+/// the rollout engine, drift alerts to the log and the webhook.
+fn after_ingest(
+    alerts: crate::webhook::Alerts,
+    rollouts: crate::rollout::Engine,
+) -> crate::ingest_workers::AfterIngest {
+    Arc::new(move |done: &crate::ingest::Ingested, now| {
+        if matches!(done.outcome, crate::ingest::Outcome::Status(_) | crate::ingest::Outcome::Event(_)) {
+            rollouts.observe(done, now);
         }
-    }
+        for alert in &done.alerts {
+            tracing::warn!(model = %alert.model.name, version = alert.model.version, psi = alert.psi, "drift alert");
+            alerts.send(alert.clone());
+        }
+    })
 }
 
 /// Makes ingest state durable every second and applies retention every ten minutes.
@@ -189,10 +182,12 @@ pub async fn run(
         config.rollouts.clone(),
     )
     .context("loading rollouts")?;
-    let ingest_task = {
-        let (ingest, rollouts) = (ingest.clone(), rollouts.clone());
-        tokio::task::spawn_blocking(move || ingest_loop(&ingest, rx, &alerts, &rollouts))
-    };
+    let workers = crate::ingest_workers::Workers::start(
+        ingest.clone(),
+        config.ingest.workers(),
+        rx,
+        after_ingest(alerts, rollouts.clone()),
+    );
     let rollout_task = tokio::spawn(crate::rollout::engine::run(rollouts.clone(), commands.clone(), shutdown.clone()));
     let ready_flag = Arc::new(AtomicBool::new(false));
     let mosquitto = match (&config.broker.mosquitto_dir, &config.broker.username, &config.broker.password) {
@@ -261,8 +256,9 @@ pub async fn run(
     }
     let _ = maintenance.await;
     let _ = rollout_task.await;
-    // The client's task ends with the shutdown and drops the sender, which ends the ingest loop.
-    if tokio::time::timeout(deadline, ingest_task).await.is_err() {
+    // The client's task ends with the shutdown and drops the sender, which ends the router; the workers drain their
+    // queues and exit.
+    if tokio::time::timeout(deadline, workers.join()).await.is_err() {
         tracing::warn!("ingest did not finish within the deadline");
     }
     if let Err(e) = ingest.flush() {

@@ -11,8 +11,9 @@
 //! Environment: `OUTPOST_LOAD_DEVICES` (comma-separated sizes, default `1000,10000`), `OUTPOST_LOAD_STEADY_SECS`
 //! (30), `OUTPOST_LOAD_WINDOW_SECS` (10), `OUTPOST_LOAD_CEILING_SECS` (20), `OUTPOST_LOAD_CEILING_RATE` (offered
 //! windows per second over all devices in the ceiling phase, 40000), `OUTPOST_LOAD_BATCH` (devices connected at a
-//! time, 100).
+//! time, 100), `OUTPOST_LOAD_WORKERS` (the fleet's `[ingest] workers`; default: the fleet's default).
 
+mod noop;
 mod procs;
 mod run;
 
@@ -29,6 +30,7 @@ pub struct Settings {
     pub ceiling: Duration,
     pub ceiling_rate: f64,
     pub batch: usize,
+    pub workers: Option<usize>,
 }
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -51,6 +53,7 @@ impl Settings {
             ceiling: Duration::from_secs(env("OUTPOST_LOAD_CEILING_SECS", 20)),
             ceiling_rate: env("OUTPOST_LOAD_CEILING_RATE", 40_000.0f64).max(1.0),
             batch: env("OUTPOST_LOAD_BATCH", 100),
+            workers: std::env::var("OUTPOST_LOAD_WORKERS").ok().and_then(|v| v.trim().parse().ok()),
         }
     }
 }
@@ -66,7 +69,11 @@ fn main() -> Result<()> {
     let settings = Settings::from_env();
     let nofile = outpost_fleet::load::sys::raise_nofile().unwrap_or(0);
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("ingest benchmark: sizes {:?}, {cores} cores, open-file limit {nofile}", settings.sizes);
+    let workers = settings.workers.map_or("default".to_string(), |w| w.to_string());
+    println!(
+        "ingest benchmark: sizes {:?}, {cores} cores, open-file limit {nofile}, ingest workers {workers}",
+        settings.sizes
+    );
     println!("load average at start: {}", outpost_fleet::load::sys::load_average());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut reports = Vec::new();

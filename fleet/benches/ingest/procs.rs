@@ -76,6 +76,8 @@ impl Drop for Proc {
 #[derive(Debug)]
 pub struct FleetSetup {
     pub dir: PathBuf,
+    /// `[ingest] workers` for the fleet; `None`: its default.
+    pub workers: Option<usize>,
 }
 
 /// A started fleet.
@@ -94,11 +96,14 @@ impl FleetSetup {
     /// Starts `outpost-fleet serve` and waits until `/readyz` answers 200.
     pub async fn start(&self, http_client: &reqwest::Client) -> Result<Fleet> {
         let (http, mqtt, mqtt5) = (free_addr()?, free_addr()?, free_addr()?);
-        let config = format!(
+        let mut config = format!(
             "state_dir = {:?}\nshutdown_deadline_secs = 20\n\n[broker]\nlisten = \"{mqtt}\"\nlisten_v5 = \"{mqtt5}\"\n\n\
              [http]\nlisten = \"{http}\"\n",
             self.state_dir()
         );
+        if let Some(workers) = self.workers {
+            config.push_str(&format!("\n[ingest]\nworkers = {workers}\n"));
+        }
         let path = self.dir.join("fleet.toml");
         std::fs::write(&path, config)?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("fleet.log"))?;

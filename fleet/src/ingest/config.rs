@@ -22,8 +22,16 @@ pub struct IngestConfig {
     pub max_clock_skew_secs: u32,
     /// Drift alerts kept for the API (the oldest are deleted at compaction).
     pub alerts_kept: u32,
+    /// Threads the service ingests on, messages split among them by device (one device's messages stay on one
+    /// thread, in order). `None`: the available cores, at most [`MAX_DEFAULT_WORKERS`].
+    pub workers: Option<usize>,
     pub drift: DriftConfig,
 }
+
+/// The default number of ingest workers is the available parallelism, clamped to `1..=MAX_DEFAULT_WORKERS`.
+pub const MAX_DEFAULT_WORKERS: usize = 8;
+/// The most ingest workers a configuration may ask for.
+pub const MAX_WORKERS: usize = 64;
 
 impl Default for IngestConfig {
     fn default() -> Self {
@@ -34,6 +42,7 @@ impl Default for IngestConfig {
             dedupe_window: 1024,
             max_clock_skew_secs: 600,
             alerts_kept: 10_000,
+            workers: None,
             drift: DriftConfig::default(),
         }
     }
@@ -57,7 +66,18 @@ impl IngestConfig {
         if self.alerts_kept == 0 {
             return bad("alerts_kept must be at least 1");
         }
+        if self.workers.is_some_and(|w| w == 0 || w > MAX_WORKERS) {
+            return bad(&format!("workers must be 1..={MAX_WORKERS}"));
+        }
         self.drift.validate().map_err(IngestError::Config)
+    }
+
+    /// How many ingest worker threads to run: `workers`, or the available cores clamped to
+    /// `1..=MAX_DEFAULT_WORKERS`.
+    pub fn workers(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_DEFAULT_WORKERS)
+        })
     }
 }
 
@@ -76,6 +96,10 @@ mod tests {
         check(IngestConfig { rollup_days: 3, ..IngestConfig::default() }, "rollup_days");
         check(IngestConfig { dedupe_window: 100, ..IngestConfig::default() }, "dedupe_window");
         check(IngestConfig { event_log: 0, ..IngestConfig::default() }, "event_log");
+        check(IngestConfig { workers: Some(0), ..IngestConfig::default() }, "workers");
+        check(IngestConfig { workers: Some(65), ..IngestConfig::default() }, "workers");
+        assert_eq!(IngestConfig { workers: Some(3), ..IngestConfig::default() }.workers(), 3);
+        assert!((1..=MAX_DEFAULT_WORKERS).contains(&IngestConfig::default().workers()));
         let drift = DriftConfig { bins: 7, ..DriftConfig::default() };
         check(IngestConfig { drift, ..IngestConfig::default() }, "bins");
     }
