@@ -7,6 +7,7 @@
 //! converges when it returns (its status arrives, its target is sent), or through its periodic assignment check.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -125,6 +126,22 @@ struct Book {
     latest: HashMap<String, String>,
 }
 
+/// What ticks cost, for `/metrics` and the rollout bench.
+#[derive(Debug, Default)]
+struct TickTimes {
+    count: AtomicU64,
+    nanos: AtomicU64,
+    max_nanos: AtomicU64,
+}
+
+/// Ticks so far: how many, their total and longest wall time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TickStats {
+    pub count: u64,
+    pub total: Duration,
+    pub max: Duration,
+}
+
 #[derive(Debug)]
 struct Inner {
     store: Arc<dyn Store>,
@@ -133,6 +150,7 @@ struct Inner {
     versions: Arc<dyn VersionSource>,
     config: RolloutConfig,
     book: Mutex<Book>,
+    ticks: TickTimes,
 }
 
 /// The rollout engine; cheap to clone.
@@ -201,11 +219,23 @@ impl Engine {
         let book = Book { rollouts: rollouts.into_iter().map(|r| (r.id().to_string(), r)).collect(), latest };
         let active = book.rollouts.values().filter(|r| r.header.state.is_active()).count();
         tracing::info!(rollouts = book.rollouts.len(), active, "rollouts loaded");
-        Ok(Engine { inner: Arc::new(Inner { store, ingest, registry, versions, config, book: Mutex::new(book) }) })
+        let book = Mutex::new(book);
+        let ticks = TickTimes::default();
+        Ok(Engine { inner: Arc::new(Inner { store, ingest, registry, versions, config, book, ticks }) })
     }
 
     pub fn config(&self) -> &RolloutConfig {
         &self.inner.config
+    }
+
+    /// What the ticks so far cost (wall time of [`Engine::tick`], sending excluded).
+    pub fn tick_stats(&self) -> TickStats {
+        let t = &self.inner.ticks;
+        TickStats {
+            count: t.count.load(Ordering::Relaxed),
+            total: Duration::from_nanos(t.nanos.load(Ordering::Relaxed)),
+            max: Duration::from_nanos(t.max_nanos.load(Ordering::Relaxed)),
+        }
     }
 
     fn book(&self) -> MutexGuard<'_, Book> {
@@ -449,6 +479,17 @@ impl Engine {
     /// One round: gates and timeouts for each active rollout, everything persisted and flushed, then the commands
     /// that are due (for the caller to send, then report with [`Engine::sent`]). Blocking (store reads).
     pub fn tick(&self, now: OffsetDateTime) -> Result<Vec<Outgoing>, RolloutError> {
+        let started = std::time::Instant::now();
+        let result = self.tick_inner(now);
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let t = &self.inner.ticks;
+        t.count.fetch_add(1, Ordering::Relaxed);
+        t.nanos.fetch_add(nanos, Ordering::Relaxed);
+        t.max_nanos.fetch_max(nanos, Ordering::Relaxed);
+        result
+    }
+
+    fn tick_inner(&self, now: OffsetDateTime) -> Result<Vec<Outgoing>, RolloutError> {
         let snapshots: Vec<Snapshot> = {
             let book = self.book();
             book.rollouts.values().filter(|r| r.header.state.is_active()).map(|r| self.snapshot(r)).collect()
