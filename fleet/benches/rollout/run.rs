@@ -293,6 +293,7 @@ async fn drive(
     report.statuses = m.statuses - messages_before.statuses;
     report.windows = m.windows - messages_before.windows;
 
+    let (starts, end) = stage_starts(&header);
     // After an abort: the devices told to go back, and when the last of them had v1 committed again.
     if let (Some("aborted"), Some(end)) = (header["state"].as_str(), end) {
         let command_v1 = format!("{id}.v1");
@@ -311,7 +312,6 @@ async fn drive(
 
     // Per stage: from its start, until every device joining at it had its command and had committed; then until
     // the fleet passed the stage (the next start, or the end).
-    let (starts, end) = stage_starts(&header);
     let dwell = time::Duration::try_from(s.dwell).unwrap_or(time::Duration::ZERO);
     for (k, &start) in starts.iter().enumerate() {
         let mut received = Vec::new();
