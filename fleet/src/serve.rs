@@ -56,7 +56,13 @@ fn ingest_loop(
         let now = time::OffsetDateTime::now_utc();
         match ingest.ingest(&m.topic, &m.payload, now) {
             Ok(done) => {
-                if matches!(done.outcome, crate::ingest::Outcome::Status(_) | crate::ingest::Outcome::Event(_)) {
+                // Every stored window too: the rollout engine's window cache must see each one.
+                if matches!(
+                    done.outcome,
+                    crate::ingest::Outcome::Status(_)
+                        | crate::ingest::Outcome::Event(_)
+                        | crate::ingest::Outcome::Window { .. }
+                ) {
                     rollouts.observe(&done, now);
                 }
                 for alert in done.alerts {

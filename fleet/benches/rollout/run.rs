@@ -30,8 +30,11 @@ fn repo_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(|p| p.to_path_buf()).unwrap_or_default()
 }
 
+/// A version's number and signed manifest (JSON).
+type SignedVersion = (u64, Vec<u8>);
+
 /// The detector's bytes and the signed manifests of v1 and v2 describing it.
-fn signed_versions() -> Result<(Vec<u8>, Vec<(u64, Vec<u8>)>)> {
+fn signed_versions() -> Result<(Vec<u8>, Vec<SignedVersion>)> {
     let bytes = std::fs::read(repo_root().join(DETECTOR)).with_context(|| format!("reading {DETECTOR}"))?;
     let rt = Runtime::init(None).context("ONNX Runtime")?;
     let vision = Vision::load(rt, &bytes, VisionOptions::default()).context("loading the detector")?;

@@ -12,19 +12,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use outpost_common::manifest::Envelope;
-use outpost_common::protocol::{self, AgentState, AssignModel, Command, CommandBody, EventBody, ModelRef, Status};
+use outpost_common::protocol::{self, AgentState, AssignModel, Command, CommandBody, EventBody, Status};
 use outpost_common::store::Store;
 use outpost_common::topics::DeviceId;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use super::gates::{ControlKind, Telemetry, WindowPoint};
 use super::machine::{Changes, Header, Member, NotNow, Report, Rollout};
 use super::plan::RolloutPlan;
 use super::store::{self as rstore, RolloutStoreError};
+use super::telemetry::{self, Snapshot, WindowCache};
 use crate::error::ErrorKind;
-use crate::ingest::{DeviceDirectory, Ingest, Ingested, Outcome, TimeRange};
+use crate::ingest::{DeviceDirectory, Ingest, Ingested, Outcome};
 use crate::registry::Registry;
 
 /// A version as the model registry holds it: what an assignment needs.
@@ -151,6 +151,8 @@ struct Inner {
     config: RolloutConfig,
     book: Mutex<Book>,
     ticks: TickTimes,
+    /// The windows ticks judge, kept between ticks (see `telemetry.rs`).
+    windows: WindowCache,
 }
 
 /// The rollout engine; cheap to clone.
@@ -187,24 +189,6 @@ fn served(status: &Status, model: &str, offline_too: bool) -> Option<(u64, bool)
         .or_else(|| status.model.as_ref().filter(|m| m.name == model).map(|m| (m.version, true)))
 }
 
-fn points(ingest: &Ingest, device: &str, model: &ModelRef, range: TimeRange) -> Result<Vec<WindowPoint>, RolloutError> {
-    let Ok(id) = DeviceId::new(device) else { return Ok(Vec::new()) };
-    Ok(ingest
-        .windows(&id, model, range, 10_000)?
-        .into_iter()
-        .map(|w| {
-            let w = w.window;
-            WindowPoint {
-                device: device.to_string(),
-                frames: w.frames,
-                mean_confidence: w.confidence.mean(),
-                flagged_share: if w.frames == 0 { 0.0 } else { w.flagged as f64 / w.frames as f64 },
-                p95_ms: f64::from(w.latency_ms.p95),
-            }
-        })
-        .collect())
-}
-
 impl Engine {
     /// Loads every stored rollout.
     pub fn open(
@@ -221,7 +205,8 @@ impl Engine {
         tracing::info!(rollouts = book.rollouts.len(), active, "rollouts loaded");
         let book = Mutex::new(book);
         let ticks = TickTimes::default();
-        Ok(Engine { inner: Arc::new(Inner { store, ingest, registry, versions, config, book, ticks }) })
+        let windows = WindowCache::default();
+        Ok(Engine { inner: Arc::new(Inner { store, ingest, registry, versions, config, book, ticks, windows }) })
     }
 
     pub fn config(&self) -> &RolloutConfig {
@@ -403,10 +388,15 @@ impl Engine {
         })
     }
 
-    /// Feeds one ingested message: a status or an update event of a device in a rollout.
+    /// Feeds one ingested message: a status or an update event of a device in a rollout, or a stored window (kept
+    /// if a tick reads that device's windows of that version).
     pub fn observe(&self, ingested: &Ingested, now: OffsetDateTime) {
         let Some(device) = &ingested.device else { return };
         let id = device.as_str();
+        if let Outcome::Window { seq, window, .. } = &ingested.outcome {
+            self.inner.windows.observe(id, *seq, window);
+            return;
+        }
         let Some((rollout_id, model)) = ({
             let book = self.book();
             book.latest
@@ -448,34 +438,6 @@ impl Engine {
         Ok(())
     }
 
-    /// The telemetry a rollout's current stage is judged on.
-    fn gather(&self, plan: &Snapshot, now: OffsetDateTime) -> Result<Telemetry, RolloutError> {
-        let ingest = &self.inner.ingest;
-        let stage = TimeRange::new(plan.stage_started_at, now);
-        let new = ModelRef { name: plan.model.clone(), version: plan.version };
-        let mut canary = Vec::new();
-        for d in &plan.canaries {
-            canary.extend(points(ingest, d, &new, stage)?);
-        }
-        let mut control = Vec::new();
-        let kind = if plan.controls.is_empty() { ControlKind::BeforeAfter } else { ControlKind::Concurrent };
-        let (devices, range) = match kind {
-            ControlKind::Concurrent => (&plan.controls, stage),
-            ControlKind::BeforeAfter => (
-                &plan.joined,
-                TimeRange::new(plan.stage_started_at - (now - plan.stage_started_at), plan.stage_started_at),
-            ),
-        };
-        for (d, previous) in devices {
-            let old = ModelRef { name: plan.model.clone(), version: *previous };
-            control.extend(points(ingest, d, &old, range)?);
-        }
-        let drift_alert = ingest.drift_status(Some(&new)).into_iter().find(|s| s.alerting).map(|s| {
-            format!("{} v{} drifting in {:?} (psi {:.3})", new.name, new.version, s.group, s.psi.unwrap_or(0.0))
-        });
-        Ok(Telemetry { canary, control, control_kind: kind, drift_alert })
-    }
-
     /// One round: gates and timeouts for each active rollout, everything persisted and flushed, then the commands
     /// that are due (for the caller to send, then report with [`Engine::sent`]). Blocking (store reads).
     pub fn tick(&self, now: OffsetDateTime) -> Result<Vec<Outgoing>, RolloutError> {
@@ -494,8 +456,9 @@ impl Engine {
             let book = self.book();
             book.rollouts.values().filter(|r| r.header.state.is_active()).map(|r| self.snapshot(r)).collect()
         };
+        let cache = &self.inner.windows;
         for snap in &snapshots {
-            let telemetry = match self.gather(snap, now) {
+            let telemetry = match telemetry::gather(cache, &self.inner.ingest, snap, now) {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(rollout = %snap.id, error = %e, "rollout telemetry unreadable; gates not evaluated");
@@ -504,6 +467,7 @@ impl Engine {
             };
             self.apply(&snap.id, |r| r.tick(&telemetry, now))?;
         }
+        cache.sweep();
         self.inner.store.flush().map_err(RolloutStoreError::from)?;
 
         let resend = time::Duration::seconds(i64::try_from(self.inner.config.resend_secs).unwrap_or(i64::MAX));
@@ -584,18 +548,6 @@ impl crate::models::VersionsInUse for Engine {
     fn in_use(&self, name: &str, version: u64) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
         Ok(Engine::in_use(self, name, version))
     }
-}
-
-/// What a tick reads telemetry for, copied out of the lock.
-#[derive(Debug)]
-struct Snapshot {
-    id: String,
-    model: String,
-    version: u64,
-    stage_started_at: OffsetDateTime,
-    canaries: Vec<String>,
-    controls: Vec<(String, u64)>,
-    joined: Vec<(String, u64)>,
 }
 
 /// Ticks until `shutdown`: evaluates, persists, then sends what is due through `commands`.
