@@ -29,6 +29,8 @@ pub struct Report {
     pub connect_secs: f64,
     pub connected: usize,
     pub outcome: String,
+    /// The `POST /api/v1/rollouts` round trip (creation reads every targeted device and writes its record).
+    pub create_secs: f64,
     pub rollout_secs: f64,
     pub converge_secs: f64,
     pub converged: usize,
@@ -41,6 +43,10 @@ pub struct Report {
     pub ticks: u64,
     pub tick_secs: f64,
     pub tick_max_secs: f64,
+    /// Windows the ticks read from the store, and window points they judged (a tick reading the store for every
+    /// judgement, as before the window cache, reads the latter).
+    pub windows_read: u64,
+    pub windows_judged: u64,
     pub commands: u64,
     pub max_commands: u64,
     pub events: u64,
@@ -74,11 +80,12 @@ impl Report {
     pub fn print(&self) {
         println!("--- {} (load average {})", self.name(), self.load_average);
         println!(
-            "  enrolled in {:.1} s, {} connected in {:.1} s; rollout {} after {:.1} s; {} of {} devices converged \
-             {:.1} s later",
+            "  enrolled in {:.1} s, {} connected in {:.1} s; rollout created in {:.1} s, {} after {:.1} s; {} of {} \
+             devices converged {:.1} s later",
             self.enroll_secs,
             self.connected,
             self.connect_secs,
+            self.create_secs,
             self.outcome,
             self.rollout_secs,
             self.converged,
@@ -116,6 +123,10 @@ impl Report {
             self.tick_secs,
             1000.0 * self.tick_secs / (self.ticks.max(1) as f64),
             1000.0 * self.tick_max_secs
+        );
+        println!(
+            "  ticks judged {} window points and read {} windows from the store",
+            self.windows_judged, self.windows_read
         );
         println!(
             "  per device: {:.2} commands received (max {}), {:.1} events, {:.1} statuses, {:.1} windows sent \

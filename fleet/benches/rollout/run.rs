@@ -238,6 +238,7 @@ async fn drive(
     let ticks_before = metric(http, fleet, "outpost_fleet_rollout_ticks_total").await?;
     let started = Instant::now();
 
+    let create = Instant::now();
     let response = http
         .post(format!("{}/api/v1/rollouts", fleet.base()))
         .bearer_auth(token)
@@ -250,6 +251,7 @@ async fn drive(
         bail!("creating the rollout: {status} {body}");
     }
     let id = body["id"].as_str().context("rollout id")?.to_string();
+    report.create_secs = create.elapsed().as_secs_f64();
     // Which stage each device joins at: once, from the status view (it lists every device).
     let view = get(http, fleet, token, &format!("/rollouts/{id}")).await?;
     let mut stage_of: HashMap<String, usize> = HashMap::new();
@@ -289,6 +291,8 @@ async fn drive(
     report.tick_secs = metric(http, fleet, "outpost_fleet_rollout_tick_seconds_total").await? - tick_before;
     report.ticks = (metric(http, fleet, "outpost_fleet_rollout_ticks_total").await? - ticks_before) as u64;
     report.tick_max_secs = metric(http, fleet, "outpost_fleet_rollout_tick_seconds_max").await?;
+    report.windows_read = metric(http, fleet, "outpost_fleet_rollout_windows_read_total").await? as u64;
+    report.windows_judged = metric(http, fleet, "outpost_fleet_rollout_windows_judged_total").await? as u64;
     let m = swarm.messages();
     report.commands = m.commands - messages_before.commands;
     report.max_commands = m.max_commands;

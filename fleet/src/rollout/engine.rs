@@ -134,12 +134,14 @@ struct TickTimes {
     max_nanos: AtomicU64,
 }
 
-/// Ticks so far: how many, their total and longest wall time.
+/// Ticks so far: how many, their total and longest wall time, and the windows they judged.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TickStats {
     pub count: u64,
     pub total: Duration,
     pub max: Duration,
+    /// Windows read from the store vs window points judged (which a tick reading the store every time would read).
+    pub windows: telemetry::CacheStats,
 }
 
 #[derive(Debug)]
@@ -220,6 +222,7 @@ impl Engine {
             count: t.count.load(Ordering::Relaxed),
             total: Duration::from_nanos(t.nanos.load(Ordering::Relaxed)),
             max: Duration::from_nanos(t.max_nanos.load(Ordering::Relaxed)),
+            windows: self.inner.windows.stats(),
         }
     }
 
@@ -252,6 +255,7 @@ impl Engine {
             return Err(RolloutError::Invalid(format!("device `{missing}` is not enrolled (or revoked)")));
         }
         let mut members = Vec::new();
+        let mut rollback_to: HashMap<u64, bool> = HashMap::new();
         let mut already = 0usize;
         let mut problems = Vec::new();
         for (id, record) in &known {
@@ -268,7 +272,16 @@ impl Engine {
                 already += 1;
                 continue;
             }
-            if self.version(&plan.model, version)?.is_none() {
+            // One registry lookup per version, not per device (10,000 devices on v1 are one lookup).
+            let stored = match rollback_to.get(&version) {
+                Some(&known) => known,
+                None => {
+                    let known = self.version(&plan.model, version)?.is_some();
+                    rollback_to.insert(version, known);
+                    known
+                }
+            };
+            if !stored {
                 problems.push(format!(
                     "`{id}` runs {} v{version}, which is not in the registry to roll back to",
                     plan.model

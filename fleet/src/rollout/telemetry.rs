@@ -19,6 +19,7 @@
 //! one at a time (the engine's run loop); observations come from any thread.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use outpost_common::protocol::{ModelRef, WindowSummary};
@@ -105,6 +106,16 @@ impl WindowSource for Ingest {
 #[derive(Debug, Default)]
 pub struct WindowCache {
     entries: Mutex<HashMap<(String, ModelRef), Entry>>,
+    /// Windows read from the store, and window points handed to ticks (what reading the store at every tick read).
+    read: AtomicU64,
+    served: AtomicU64,
+}
+
+/// What the cache saved: windows read from the store vs window points served to ticks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub read: u64,
+    pub served: u64,
 }
 
 /// The end of time as the store's keys know it: a first read covers every window from its start onwards.
@@ -157,6 +168,7 @@ impl WindowCache {
         let entry = entries.entry(entry_key).or_default();
         entry.used = true;
         if let Some(read) = read {
+            self.read.fetch_add(read.len() as u64, Ordering::Relaxed);
             for w in &read {
                 entry.points.insert(key(&w.window, w.seq), Figures::of(&w.window));
             }
@@ -170,7 +182,14 @@ impl WindowCache {
         if from >= to {
             return Ok(Vec::new());
         }
-        Ok(entry.points.range((from, 0)..(to, 0)).take(MAX_WINDOWS_PER_DEVICE).map(|(_, f)| f.point(device)).collect())
+        let points: Vec<WindowPoint> =
+            entry.points.range((from, 0)..(to, 0)).take(MAX_WINDOWS_PER_DEVICE).map(|(_, f)| f.point(device)).collect();
+        self.served.fetch_add(points.len() as u64, Ordering::Relaxed);
+        Ok(points)
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats { read: self.read.load(Ordering::Relaxed), served: self.served.load(Ordering::Relaxed) }
     }
 
     /// Ends a tick: drops the entries it did not ask for, and marks the others unasked for the next one.

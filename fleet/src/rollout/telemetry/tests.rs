@@ -96,6 +96,8 @@ fn a_window_read_and_observed_is_held_once() {
     assert_eq!(got, direct(&store, "cam-a", &model, range));
     assert_eq!(got.len(), 2);
     assert_eq!(cache.len(), 2);
+    // One store read (the first request's), three points judged over the two requests.
+    assert_eq!(cache.stats(), super::CacheStats { read: 1, served: 3 });
 }
 
 #[test]
