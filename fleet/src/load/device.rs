@@ -1,7 +1,10 @@
 //! Simulated devices: each one is the agent's own link (durable-outbox code, seq numbering, sealing with the
 //! device's key, retained status and last will, reconnects with backoff) over a real MQTT connection, with its
 //! outbox in memory. Windows are built by the agent's window accumulator from synthetic frames, so they carry what
-//! a real agent's do (confidence histogram, per-class counts, latency percentiles, flagged count).
+//! a real agent's do (confidence histogram, per-class counts, latency percentiles, flagged count), on the version
+//! the device serves (one template per version, shifted by its `VersionBehaviour`). Each device answers the commands
+//! its link receives as the agent's updater does (`agent_sim.rs`), and its status lists the model it serves as the
+//! agent's does (`models`: active, previous, committed).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
