@@ -17,10 +17,11 @@ use outpost_common::store::Store;
 use outpost_common::topics::DeviceId;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
 
 use super::machine::{Changes, Header, Member, NotNow, Report, Rollout};
 use super::plan::RolloutPlan;
+/// The engine's loop (`runner.rs`), where `serve` has always found it.
+pub use super::runner::run;
 use super::store::{self as rstore, RolloutStoreError};
 use super::telemetry::{self, Snapshot, WindowCache};
 use crate::error::ErrorKind;
@@ -532,6 +533,11 @@ impl Engine {
         self.apply(rollout, |r| r.sent(device, version, now))
     }
 
+    /// The key sealing a device's commands; `None` once it is revoked.
+    pub(super) fn device_key(&self, device: &DeviceId) -> Option<outpost_common::protocol::auth::DeviceKey> {
+        self.inner.registry.key(device)
+    }
+
     /// Records many handed commands: (rollout, device, version, when), one lock and one store write per rollout.
     pub fn sent_all(&self, sent: &[(String, String, u64, OffsetDateTime)]) -> Result<(), RolloutError> {
         let mut by_rollout: BTreeMap<&str, Vec<(&str, u64, OffsetDateTime)>> = BTreeMap::new();
@@ -578,65 +584,6 @@ impl Engine {
 impl crate::models::VersionsInUse for Engine {
     fn in_use(&self, name: &str, version: u64) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
         Ok(Engine::in_use(self, name, version))
-    }
-}
-
-/// Ticks until `shutdown`: evaluates, persists, then sends what is due through `commands`.
-pub async fn run(engine: Engine, commands: crate::mqtt::Commands, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(engine.config().tick_secs.max(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let e = engine.clone();
-        let outgoing = match tokio::task::spawn_blocking(move || e.tick(OffsetDateTime::now_utc())).await {
-            Ok(Ok(out)) => out,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "rollout tick failed");
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "rollout tick panicked");
-                continue;
-            }
-        };
-        // Sent commands are recorded in batches: a blocking hop and a lock per command made the fan-out of a
-        // big stage take ~5 ms per device at 10,000 devices (docs/BENCHMARKS.md).
-        let mut sent = Vec::new();
-        for o in outgoing {
-            let Ok(device) = DeviceId::new(&o.device) else { continue };
-            let Some(key) = engine.inner.registry.key(&device) else {
-                tracing::warn!(device = %o.device, "device revoked; rollout command not sent");
-                continue;
-            };
-            match commands.send(&device, &key, &o.command).await {
-                Ok(()) => {
-                    tracing::info!(rollout = %o.rollout, device = %o.device, version = o.version, "model assigned");
-                    sent.push((o.rollout, o.device, o.version, OffsetDateTime::now_utc()));
-                    if sent.len() >= SENT_BATCH {
-                        record_sent(&engine, std::mem::take(&mut sent)).await;
-                    }
-                }
-                Err(e) => tracing::warn!(device = %o.device, error = %e, "rollout command not sent"),
-            }
-        }
-        record_sent(&engine, sent).await;
-    }
-}
-
-/// Sent commands recorded per store write.
-const SENT_BATCH: usize = 256;
-
-async fn record_sent(engine: &Engine, sent: Vec<(String, String, u64, OffsetDateTime)>) {
-    if sent.is_empty() {
-        return;
-    }
-    let e = engine.clone();
-    let count = sent.len();
-    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || e.sent_all(&sent)).await {
-        tracing::warn!(error = %e, commands = count, "rollout commands sent but not recorded");
     }
 }
 
