@@ -45,14 +45,20 @@ impl crate::annotate::Catalog for FleetCatalog {
     }
 }
 
-/// What the service does with each ingested message, on the ingest worker that handled it: status and events go to
-/// the rollout engine, drift alerts to the log and the webhook.
+/// What the service does with each ingested message, on the ingest worker that handled it: status, events and
+/// stored windows go to the rollout engine (its window cache must see every window), drift alerts to the log and
+/// the webhook.
 fn after_ingest(
     alerts: crate::webhook::Alerts,
     rollouts: crate::rollout::Engine,
 ) -> crate::ingest_workers::AfterIngest {
     Arc::new(move |done: &crate::ingest::Ingested, now| {
-        if matches!(done.outcome, crate::ingest::Outcome::Status(_) | crate::ingest::Outcome::Event(_)) {
+        if matches!(
+            done.outcome,
+            crate::ingest::Outcome::Status(_)
+                | crate::ingest::Outcome::Event(_)
+                | crate::ingest::Outcome::Window { .. }
+        ) {
             rollouts.observe(done, now);
         }
         for alert in &done.alerts {

@@ -3,19 +3,19 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use outpost_common::protocol::ModelRef;
 use outpost_common::store::SledStore;
 use outpost_common::topics::DeviceId;
 use outpost_fleet::ingest::{Ingest, IngestConfig, TimeRange};
+use outpost_fleet::load::fleet::{FleetSetup, accepted, enroll, settle};
 use outpost_fleet::load::stats::{self, Delays};
-use outpost_fleet::load::{Phase, Swarm, sys};
+use outpost_fleet::load::{Behaviour, Phase, Swarm, sys};
 use outpost_fleet::registry::{self, Credentials, Registry};
 use time::OffsetDateTime;
 
 use crate::Settings;
 use crate::noop::Subscriber;
-use crate::procs::FleetSetup;
 
 const STEADY: &str = "steady";
 const CEILING: &str = "ceiling";
@@ -124,61 +124,6 @@ impl Report {
     }
 }
 
-/// Enrolls `n` devices through the API, `workers` requests at a time.
-async fn enroll(http: &reqwest::Client, api: &str, token: &str, n: usize) -> Result<Vec<Credentials>> {
-    const WORKERS: usize = 16;
-    let mut tasks = Vec::new();
-    for w in 0..WORKERS {
-        let (http, url, token) = (http.clone(), format!("{api}/api/v1/devices"), token.to_string());
-        tasks.push(tokio::spawn(async move {
-            let mut out = Vec::new();
-            for i in (w..n).step_by(WORKERS) {
-                let body = serde_json::json!({ "name": format!("load-{i:05}"), "tags": { "site": format!("site-{}", i % 10) } });
-                let response = http.post(&url).bearer_auth(&token).json(&body).send().await?;
-                if !response.status().is_success() {
-                    bail!("enrolling load-{i:05}: HTTP {}", response.status());
-                }
-                let enrolled: outpost_fleet::api::devices::Enrolled = response.json().await?;
-                out.push((i, enrolled.credentials));
-            }
-            Ok(out)
-        }));
-    }
-    let mut all = Vec::with_capacity(n);
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    all.sort_by_key(|(i, _)| *i);
-    Ok(all.into_iter().map(|(_, c)| c).collect())
-}
-
-/// `outpost_fleet_messages_accepted_total` from the fleet's `/metrics`.
-async fn accepted(http: &reqwest::Client, fleet: &crate::procs::Fleet) -> Result<u64> {
-    let text = http.get(format!("http://{}/metrics", fleet.http)).send().await?.text().await?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("outpost_fleet_messages_accepted_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .context("no outpost_fleet_messages_accepted_total in /metrics")
-}
-
-/// Waits until `count()` reaches `target` or stops moving for `idle`; returns the time it took.
-async fn settle<F, Fut>(mut count: F, target: u64, idle: Duration, limit: Duration) -> Result<f64>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<u64>>,
-{
-    let start = Instant::now();
-    let (mut last, mut since) = (count().await?, Instant::now());
-    while last < target && since.elapsed() < idle && start.elapsed() < limit {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = count().await?;
-        if now != last {
-            (last, since) = (now, Instant::now());
-        }
-    }
-    Ok(start.elapsed().as_secs_f64())
-}
-
 fn phases(n: usize, s: &Settings) -> (Phase, Phase) {
     let steady = Phase { camera: STEADY.into(), interval: s.window, duration: s.steady, status_every: 3 };
     // Every device at the same pace, adding up to the offered rate; a status every 10th window, as in `steady`'s
@@ -190,12 +135,14 @@ fn phases(n: usize, s: &Settings) -> (Phase, Phase) {
 
 /// The broker alone: the fleet's embedded broker, the fleet's MQTT client counting and dropping messages.
 async fn baseline(setup: &FleetSetup, creds: &[Credentials], s: &Settings, report: &mut Report) -> Result<()> {
-    let (broker, addr, user, password) = setup.start_broker()?;
+    let (broker, addr, user, password) = crate::procs::start_broker(setup)?;
     let subscriber =
         Subscriber::start(&addr.ip().to_string(), addr.port(), &user, &password, Duration::from_secs(30)).await?;
     let idle = sys::rss_bytes(broker.pid()).unwrap_or(0);
-    let swarm = Swarm::connect(&format!("mqtt://{addr}"), creds, s.batch, Duration::from_secs(30)).await?;
-    let count = || async { Ok(subscriber.received()) };
+    let swarm =
+        Swarm::connect(&format!("mqtt://{addr}"), creds, Behaviour::new("defect", 1), s.batch, Duration::from_secs(30))
+            .await?;
+    let count = || async { Ok::<_, outpost_fleet::load::fleet::FleetProcError>(subscriber.received()) };
     settle(count, creds.len() as u64, Duration::from_secs(5), Duration::from_secs(60)).await?;
     let connected = sys::rss_bytes(broker.pid()).unwrap_or(0);
     report.baseline_rss_per_device = connected.saturating_sub(idle) as f64 / creds.len() as f64;
@@ -275,15 +222,19 @@ const SETTLED: time::Duration = time::Duration::seconds(30);
 
 pub async fn scenario(n: usize, s: &Settings) -> Result<Report> {
     let dir = tempfile::Builder::new().prefix("outpost-load-").tempdir()?;
-    let setup = FleetSetup { dir: dir.path().to_path_buf(), workers: s.workers };
+    let setup = FleetSetup {
+        dir: dir.path().to_path_buf(),
+        bin: env!("CARGO_BIN_EXE_outpost-fleet").into(),
+        extra: s.workers.map(|w| format!("[ingest]\nworkers = {w}\n")).unwrap_or_default(),
+    };
     let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
     let mut report = Report { devices: n, ..Default::default() };
 
     // Enrollment, through the API of a running fleet.
     let fleet = setup.start(&http).await?;
-    let token = std::fs::read_to_string(setup.state_dir().join("admin.token"))?;
+    let token = setup.admin_token()?;
     let start = Instant::now();
-    let creds = enroll(&http, &format!("http://{}", fleet.http), token.trim(), n).await?;
+    let creds = enroll(&http, &fleet.base(), &token, n, &[]).await?;
     report.enroll_secs = start.elapsed().as_secs_f64();
     fleet.proc.stop(Duration::from_secs(30))?;
 
@@ -295,7 +246,14 @@ pub async fn scenario(n: usize, s: &Settings) -> Result<Report> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     report.fleet_rss_idle = sys::rss_bytes(fleet.proc.pid()).unwrap_or(0);
     let start = Instant::now();
-    let swarm = Swarm::connect(&format!("mqtt://{}", fleet.mqtt), &creds, s.batch, Duration::from_secs(30)).await?;
+    let swarm = Swarm::connect(
+        &format!("mqtt://{}", fleet.mqtt),
+        &creds,
+        Behaviour::new("defect", 1),
+        s.batch,
+        Duration::from_secs(30),
+    )
+    .await?;
     let stored = || accepted(&http, &fleet);
     settle(stored, n as u64, Duration::from_secs(10), Duration::from_secs(120)).await?;
     report.connect_secs = start.elapsed().as_secs_f64();

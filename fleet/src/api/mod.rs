@@ -197,6 +197,23 @@ async fn metrics(State(state): State<AppState>) -> Response {
     for (reason, n) in state.ingest.drop_counts() {
         let _ = writeln!(out, "outpost_fleet_messages_dropped_total{{reason=\"{}\"}} {n}", reason.as_str());
     }
+    let ticks = state.rollouts.tick_stats();
+    let _ =
+        writeln!(out, "# HELP outpost_fleet_rollout_ticks_total Rollout engine ticks (gates, timeouts, due commands).");
+    let _ = writeln!(out, "# TYPE outpost_fleet_rollout_ticks_total counter");
+    let _ = writeln!(out, "outpost_fleet_rollout_ticks_total {}", ticks.count);
+    let _ = writeln!(out, "# HELP outpost_fleet_rollout_tick_seconds_total Wall time spent in rollout ticks.");
+    let _ = writeln!(out, "# TYPE outpost_fleet_rollout_tick_seconds_total counter");
+    let _ = writeln!(out, "outpost_fleet_rollout_tick_seconds_total {:.6}", ticks.total.as_secs_f64());
+    let _ = writeln!(out, "# HELP outpost_fleet_rollout_tick_seconds_max The longest rollout tick since start.");
+    let _ = writeln!(out, "# TYPE outpost_fleet_rollout_tick_seconds_max gauge");
+    let _ = writeln!(out, "outpost_fleet_rollout_tick_seconds_max {:.6}", ticks.max.as_secs_f64());
+    let _ = writeln!(out, "# HELP outpost_fleet_rollout_windows_read_total Windows rollout ticks read from the store.");
+    let _ = writeln!(out, "# TYPE outpost_fleet_rollout_windows_read_total counter");
+    let _ = writeln!(out, "outpost_fleet_rollout_windows_read_total {}", ticks.windows.read);
+    let _ = writeln!(out, "# HELP outpost_fleet_rollout_windows_judged_total Window points rollout ticks judged.");
+    let _ = writeln!(out, "# TYPE outpost_fleet_rollout_windows_judged_total counter");
+    let _ = writeln!(out, "outpost_fleet_rollout_windows_judged_total {}", ticks.windows.served);
     let ingest = state.ingest.clone();
     let devices = tokio::task::spawn_blocking(move || ingest.devices(None, 100_000)).await;
     if let Ok(Ok(devices)) = devices {

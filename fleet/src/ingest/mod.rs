@@ -59,6 +59,8 @@ pub use directory::{DeviceDirectory, MasterKeyDirectory, Tags};
 pub use drift_book::StoredAlert;
 pub use error::{DropReason, IngestError};
 pub use events::StoredEvent;
+/// The millisecond a window is keyed under (its start), which is what a [`TimeRange`] compares.
+pub(crate) use keys::ms as key_ms;
 pub use rollup::{MAX_CLASSES, OTHER_CLASSES, RolledLatency, Rollup};
 pub use series::{Aggregate, AggregateFilter, HourlyRollup, StoredWindow, TimeRange};
 
@@ -103,9 +105,9 @@ pub enum Outcome {
     /// A window summary was stored.
     Window {
         seq: u64,
-        model: ModelRef,
-        camera: String,
         frames: u64,
+        /// The summary as stored (model, camera, figures), for the rollout engine's window cache.
+        window: Box<WindowSummary>,
     },
     /// A per-frame batch was accepted and counted (not stored: its window summary follows).
     Frames {
@@ -279,8 +281,7 @@ impl Ingest {
         let groups = DriftGroup::of(&self.directory.tags(&device), self.config.drift.group_tags.as_deref());
         let sample = Sample { frames: window.frames, histogram: window.confidence, flagged: window.flagged };
         let alerts = self.drift.observe(&window.model, groups, &sample, window.end, received_at)?;
-        let outcome =
-            Outcome::Window { seq, model: window.model.clone(), camera: window.camera.clone(), frames: window.frames };
+        let outcome = Outcome::Window { seq, frames: window.frames, window: Box::new(window.clone()) };
         Ok(self.accepted(device, outcome, alerts))
     }
 

@@ -26,3 +26,26 @@ pub fn raise_nofile() -> std::io::Result<u64> {
     }
     Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
 }
+
+/// CPU time (user + system) a process has used, in seconds, from `/proc/<pid>/stat`; `None` off Linux or once it
+/// exited. The kernel reports it in `USER_HZ` ticks, which is 100 on every Linux architecture's user-space ABI.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: count fields after its closing one.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); utime and stime are fields 14 and 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn this_process_has_used_some_cpu() {
+        let secs = super::cpu_secs(std::process::id()).expect("our own /proc/self/stat");
+        assert!(secs >= 0.0);
+        assert!(super::rss_bytes(std::process::id()).is_some_and(|b| b > 0));
+    }
+}

@@ -7,23 +7,25 @@
 //! converges when it returns (its status arrives, its target is sent), or through its periodic assignment check.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use outpost_common::manifest::Envelope;
-use outpost_common::protocol::{self, AgentState, AssignModel, Command, CommandBody, EventBody, ModelRef, Status};
+use outpost_common::protocol::{self, AgentState, AssignModel, Command, CommandBody, EventBody, Status};
 use outpost_common::store::Store;
 use outpost_common::topics::DeviceId;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
 
-use super::gates::{ControlKind, Telemetry, WindowPoint};
 use super::machine::{Changes, Header, Member, NotNow, Report, Rollout};
 use super::plan::RolloutPlan;
+/// The engine's loop (`runner.rs`), where `serve` has always found it.
+pub use super::runner::run;
 use super::store::{self as rstore, RolloutStoreError};
+use super::telemetry::{self, Snapshot, WindowCache};
 use crate::error::ErrorKind;
-use crate::ingest::{DeviceDirectory, Ingest, Ingested, Outcome, TimeRange};
+use crate::ingest::{DeviceDirectory, Ingest, Ingested, Outcome};
 use crate::registry::Registry;
 
 /// A version as the model registry holds it: what an assignment needs.
@@ -125,6 +127,24 @@ struct Book {
     latest: HashMap<String, String>,
 }
 
+/// What ticks cost, for `/metrics` and the rollout bench.
+#[derive(Debug, Default)]
+struct TickTimes {
+    count: AtomicU64,
+    nanos: AtomicU64,
+    max_nanos: AtomicU64,
+}
+
+/// Ticks so far: how many, their total and longest wall time, and the windows they judged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TickStats {
+    pub count: u64,
+    pub total: Duration,
+    pub max: Duration,
+    /// Windows read from the store vs window points judged (which a tick reading the store every time would read).
+    pub windows: telemetry::CacheStats,
+}
+
 #[derive(Debug)]
 struct Inner {
     store: Arc<dyn Store>,
@@ -133,6 +153,9 @@ struct Inner {
     versions: Arc<dyn VersionSource>,
     config: RolloutConfig,
     book: Mutex<Book>,
+    ticks: TickTimes,
+    /// The windows ticks judge, kept between ticks (see `telemetry.rs`).
+    windows: WindowCache,
 }
 
 /// The rollout engine; cheap to clone.
@@ -169,24 +192,6 @@ fn served(status: &Status, model: &str, offline_too: bool) -> Option<(u64, bool)
         .or_else(|| status.model.as_ref().filter(|m| m.name == model).map(|m| (m.version, true)))
 }
 
-fn points(ingest: &Ingest, device: &str, model: &ModelRef, range: TimeRange) -> Result<Vec<WindowPoint>, RolloutError> {
-    let Ok(id) = DeviceId::new(device) else { return Ok(Vec::new()) };
-    Ok(ingest
-        .windows(&id, model, range, 10_000)?
-        .into_iter()
-        .map(|w| {
-            let w = w.window;
-            WindowPoint {
-                device: device.to_string(),
-                frames: w.frames,
-                mean_confidence: w.confidence.mean(),
-                flagged_share: if w.frames == 0 { 0.0 } else { w.flagged as f64 / w.frames as f64 },
-                p95_ms: f64::from(w.latency_ms.p95),
-            }
-        })
-        .collect())
-}
-
 impl Engine {
     /// Loads every stored rollout.
     pub fn open(
@@ -201,11 +206,25 @@ impl Engine {
         let book = Book { rollouts: rollouts.into_iter().map(|r| (r.id().to_string(), r)).collect(), latest };
         let active = book.rollouts.values().filter(|r| r.header.state.is_active()).count();
         tracing::info!(rollouts = book.rollouts.len(), active, "rollouts loaded");
-        Ok(Engine { inner: Arc::new(Inner { store, ingest, registry, versions, config, book: Mutex::new(book) }) })
+        let book = Mutex::new(book);
+        let ticks = TickTimes::default();
+        let windows = WindowCache::default();
+        Ok(Engine { inner: Arc::new(Inner { store, ingest, registry, versions, config, book, ticks, windows }) })
     }
 
     pub fn config(&self) -> &RolloutConfig {
         &self.inner.config
+    }
+
+    /// What the ticks so far cost (wall time of [`Engine::tick`], sending excluded).
+    pub fn tick_stats(&self) -> TickStats {
+        let t = &self.inner.ticks;
+        TickStats {
+            count: t.count.load(Ordering::Relaxed),
+            total: Duration::from_nanos(t.nanos.load(Ordering::Relaxed)),
+            max: Duration::from_nanos(t.max_nanos.load(Ordering::Relaxed)),
+            windows: self.inner.windows.stats(),
+        }
     }
 
     fn book(&self) -> MutexGuard<'_, Book> {
@@ -237,6 +256,7 @@ impl Engine {
             return Err(RolloutError::Invalid(format!("device `{missing}` is not enrolled (or revoked)")));
         }
         let mut members = Vec::new();
+        let mut rollback_to: HashMap<u64, bool> = HashMap::new();
         let mut already = 0usize;
         let mut problems = Vec::new();
         for (id, record) in &known {
@@ -253,7 +273,16 @@ impl Engine {
                 already += 1;
                 continue;
             }
-            if self.version(&plan.model, version)?.is_none() {
+            // One registry lookup per version, not per device (10,000 devices on v1 are one lookup).
+            let stored = match rollback_to.get(&version) {
+                Some(&known) => known,
+                None => {
+                    let known = self.version(&plan.model, version)?.is_some();
+                    rollback_to.insert(version, known);
+                    known
+                }
+            };
+            if !stored {
                 problems.push(format!(
                     "`{id}` runs {} v{version}, which is not in the registry to roll back to",
                     plan.model
@@ -373,10 +402,15 @@ impl Engine {
         })
     }
 
-    /// Feeds one ingested message: a status or an update event of a device in a rollout.
+    /// Feeds one ingested message: a status or an update event of a device in a rollout, or a stored window (kept
+    /// if a tick reads that device's windows of that version).
     pub fn observe(&self, ingested: &Ingested, now: OffsetDateTime) {
         let Some(device) = &ingested.device else { return };
         let id = device.as_str();
+        if let Outcome::Window { seq, window, .. } = &ingested.outcome {
+            self.inner.windows.observe(id, *seq, window);
+            return;
+        }
         let Some((rollout_id, model)) = ({
             let book = self.book();
             book.latest
@@ -418,43 +452,27 @@ impl Engine {
         Ok(())
     }
 
-    /// The telemetry a rollout's current stage is judged on.
-    fn gather(&self, plan: &Snapshot, now: OffsetDateTime) -> Result<Telemetry, RolloutError> {
-        let ingest = &self.inner.ingest;
-        let stage = TimeRange::new(plan.stage_started_at, now);
-        let new = ModelRef { name: plan.model.clone(), version: plan.version };
-        let mut canary = Vec::new();
-        for d in &plan.canaries {
-            canary.extend(points(ingest, d, &new, stage)?);
-        }
-        let mut control = Vec::new();
-        let kind = if plan.controls.is_empty() { ControlKind::BeforeAfter } else { ControlKind::Concurrent };
-        let (devices, range) = match kind {
-            ControlKind::Concurrent => (&plan.controls, stage),
-            ControlKind::BeforeAfter => (
-                &plan.joined,
-                TimeRange::new(plan.stage_started_at - (now - plan.stage_started_at), plan.stage_started_at),
-            ),
-        };
-        for (d, previous) in devices {
-            let old = ModelRef { name: plan.model.clone(), version: *previous };
-            control.extend(points(ingest, d, &old, range)?);
-        }
-        let drift_alert = ingest.drift_status(Some(&new)).into_iter().find(|s| s.alerting).map(|s| {
-            format!("{} v{} drifting in {:?} (psi {:.3})", new.name, new.version, s.group, s.psi.unwrap_or(0.0))
-        });
-        Ok(Telemetry { canary, control, control_kind: kind, drift_alert })
-    }
-
     /// One round: gates and timeouts for each active rollout, everything persisted and flushed, then the commands
     /// that are due (for the caller to send, then report with [`Engine::sent`]). Blocking (store reads).
     pub fn tick(&self, now: OffsetDateTime) -> Result<Vec<Outgoing>, RolloutError> {
+        let started = std::time::Instant::now();
+        let result = self.tick_inner(now);
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let t = &self.inner.ticks;
+        t.count.fetch_add(1, Ordering::Relaxed);
+        t.nanos.fetch_add(nanos, Ordering::Relaxed);
+        t.max_nanos.fetch_max(nanos, Ordering::Relaxed);
+        result
+    }
+
+    fn tick_inner(&self, now: OffsetDateTime) -> Result<Vec<Outgoing>, RolloutError> {
         let snapshots: Vec<Snapshot> = {
             let book = self.book();
             book.rollouts.values().filter(|r| r.header.state.is_active()).map(|r| self.snapshot(r)).collect()
         };
+        let cache = &self.inner.windows;
         for snap in &snapshots {
-            let telemetry = match self.gather(snap, now) {
+            let telemetry = match telemetry::gather(cache, &self.inner.ingest, snap, now) {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(rollout = %snap.id, error = %e, "rollout telemetry unreadable; gates not evaluated");
@@ -463,6 +481,7 @@ impl Engine {
             };
             self.apply(&snap.id, |r| r.tick(&telemetry, now))?;
         }
+        cache.sweep();
         self.inner.store.flush().map_err(RolloutStoreError::from)?;
 
         let resend = time::Duration::seconds(i64::try_from(self.inner.config.resend_secs).unwrap_or(i64::MAX));
@@ -514,6 +533,29 @@ impl Engine {
         self.apply(rollout, |r| r.sent(device, version, now))
     }
 
+    /// The key sealing a device's commands; `None` once it is revoked.
+    pub(super) fn device_key(&self, device: &DeviceId) -> Option<outpost_common::protocol::auth::DeviceKey> {
+        self.inner.registry.key(device)
+    }
+
+    /// Records many handed commands: (rollout, device, version, when), one lock and one store write per rollout.
+    pub fn sent_all(&self, sent: &[(String, String, u64, OffsetDateTime)]) -> Result<(), RolloutError> {
+        let mut by_rollout: BTreeMap<&str, Vec<(&str, u64, OffsetDateTime)>> = BTreeMap::new();
+        for (rollout, device, version, at) in sent {
+            by_rollout.entry(rollout).or_default().push((device, *version, *at));
+        }
+        for (rollout, sends) in by_rollout {
+            self.apply(rollout, |r| {
+                let mut changes = Changes::default();
+                for (device, version, at) in sends {
+                    changes.merge(r.sent(device, version, at));
+                }
+                changes
+            })?;
+        }
+        Ok(())
+    }
+
     fn snapshot(&self, r: &Rollout) -> Snapshot {
         let max = self.inner.config.max_control_devices;
         let mut controls: Vec<(&String, u32, u64)> = r
@@ -542,62 +584,6 @@ impl Engine {
 impl crate::models::VersionsInUse for Engine {
     fn in_use(&self, name: &str, version: u64) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
         Ok(Engine::in_use(self, name, version))
-    }
-}
-
-/// What a tick reads telemetry for, copied out of the lock.
-#[derive(Debug)]
-struct Snapshot {
-    id: String,
-    model: String,
-    version: u64,
-    stage_started_at: OffsetDateTime,
-    canaries: Vec<String>,
-    controls: Vec<(String, u64)>,
-    joined: Vec<(String, u64)>,
-}
-
-/// Ticks until `shutdown`: evaluates, persists, then sends what is due through `commands`.
-pub async fn run(engine: Engine, commands: crate::mqtt::Commands, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(engine.config().tick_secs.max(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let e = engine.clone();
-        let outgoing = match tokio::task::spawn_blocking(move || e.tick(OffsetDateTime::now_utc())).await {
-            Ok(Ok(out)) => out,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "rollout tick failed");
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "rollout tick panicked");
-                continue;
-            }
-        };
-        for o in outgoing {
-            let Ok(device) = DeviceId::new(&o.device) else { continue };
-            let Some(key) = engine.inner.registry.key(&device) else {
-                tracing::warn!(device = %o.device, "device revoked; rollout command not sent");
-                continue;
-            };
-            match commands.send(&device, &key, &o.command).await {
-                Ok(()) => {
-                    tracing::info!(rollout = %o.rollout, device = %o.device, version = o.version, "model assigned");
-                    let e = engine.clone();
-                    let now = OffsetDateTime::now_utc();
-                    let recorded =
-                        tokio::task::spawn_blocking(move || e.sent(&o.rollout, &o.device, o.version, now)).await;
-                    if let Ok(Err(e)) = recorded {
-                        tracing::warn!(error = %e, "rollout command sent but not recorded");
-                    }
-                }
-                Err(e) => tracing::warn!(device = %o.device, error = %e, "rollout command not sent"),
-            }
-        }
     }
 }
 
