@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 
 use crate::protocol::ConfidenceHistogram;
-use crate::vision::spec::{InputSpec, SpecHints, Task};
+use crate::vision::spec::{InputSpec, ModelSpec, SpecHints, Task};
 
 /// The manifest body format this code writes and accepts.
 pub const MANIFEST_SCHEMA: u32 = 1;
@@ -47,6 +47,35 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// A manifest for `artifact` as `name` v`version`, describing the model as `spec` resolved it (task, input,
+    /// labels), created at `created_at` (whole seconds: the RFC 3339 form signed is the one verified) and valid for
+    /// `valid_for`. No label, family, floor or baseline: set them on the result.
+    pub fn describing(
+        name: &str,
+        version: u64,
+        artifact: &[u8],
+        spec: &ModelSpec,
+        created_at: OffsetDateTime,
+        valid_for: time::Duration,
+    ) -> Manifest {
+        let created_at = created_at.replace_nanosecond(0).unwrap_or(created_at);
+        Manifest {
+            schema: MANIFEST_SCHEMA,
+            name: name.to_string(),
+            version,
+            label: None,
+            artifact: Artifact { sha256: Sha256Sum::of(artifact), length: artifact.len() as u64 },
+            task: spec.task,
+            input: spec.input.clone(),
+            labels: spec.labels.clone(),
+            family: None,
+            created_at,
+            expires_at: created_at.saturating_add(valid_for),
+            min_version: None,
+            baseline: None,
+        }
+    }
+
     /// The manifest's description of the model, as hints for [`crate::vision::spec::resolve`].
     pub fn spec_hints(&self) -> SpecHints {
         SpecHints { task: Some(self.task), input: Some(self.input.clone()), labels: Some(self.labels.clone()) }

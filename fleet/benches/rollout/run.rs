@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use outpost_common::manifest::{self, Artifact, MANIFEST_SCHEMA, Manifest, SecretKey, Sha256Sum, TrustedKeys};
+use outpost_common::manifest::{self, Manifest, SecretKey, TrustedKeys};
 use outpost_common::vision::engine::Runtime;
 use outpost_common::vision::{Vision, VisionOptions};
 use outpost_fleet::load::fleet::{Fleet, FleetSetup, accepted, enroll, metric, settle};
@@ -38,23 +38,12 @@ fn signed_versions() -> Result<(Vec<u8>, Vec<SignedVersion>)> {
     let bytes = std::fs::read(repo_root().join(DETECTOR)).with_context(|| format!("reading {DETECTOR}"))?;
     let rt = Runtime::init(None).context("ONNX Runtime")?;
     let vision = Vision::load(rt, &bytes, VisionOptions::default()).context("loading the detector")?;
-    let now = OffsetDateTime::now_utc().replace_nanosecond(0)?;
+    let now = OffsetDateTime::now_utc();
     let mut out = Vec::new();
     for version in [1, 2] {
         let m = Manifest {
-            schema: MANIFEST_SCHEMA,
-            name: "defect".into(),
-            version,
             label: Some(format!("1.{version}")),
-            artifact: Artifact { sha256: Sha256Sum::of(&bytes), length: bytes.len() as u64 },
-            task: vision.spec().task,
-            input: vision.spec().input.clone(),
-            labels: vision.spec().labels.clone(),
-            family: None,
-            created_at: now,
-            expires_at: now + time::Duration::days(30),
-            min_version: None,
-            baseline: None,
+            ..Manifest::describing("defect", version, &bytes, vision.spec(), now, time::Duration::days(30))
         };
         out.push((version, manifest::sign_manifest(&m, &[&release_key()]).to_json_pretty()));
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use outpost_common::manifest::{self, Artifact, MANIFEST_SCHEMA, Manifest, SecretKey, Sha256Sum};
+use outpost_common::manifest::{self, Manifest, SecretKey};
 use outpost_common::topics::DeviceId;
 use outpost_common::vision::spec::ModelSpec;
 use serde_json::{Value, json};
@@ -40,21 +40,10 @@ impl Release {
     /// The signed manifest of version `version` (the same weights each time: a re-signed release, as a retrained
     /// model would be).
     fn manifest(&self, version: u64) -> Result<Vec<u8>> {
-        let now = time::OffsetDateTime::now_utc().replace_nanosecond(0)?;
+        let now = time::OffsetDateTime::now_utc();
         let m = Manifest {
-            schema: MANIFEST_SCHEMA,
-            name: MODEL.into(),
-            version,
             label: Some(format!("1.{version}")),
-            artifact: Artifact { sha256: Sha256Sum::of(&self.artifact), length: self.artifact.len() as u64 },
-            task: self.spec.task,
-            input: self.spec.input.clone(),
-            labels: self.spec.labels.clone(),
-            family: None,
-            created_at: now,
-            expires_at: now + time::Duration::days(7),
-            min_version: None,
-            baseline: None,
+            ..Manifest::describing(MODEL, version, &self.artifact, &self.spec, now, time::Duration::days(7))
         };
         Ok(manifest::sign_manifest(&m, &[&self.key]).to_json_pretty())
     }

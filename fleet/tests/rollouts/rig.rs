@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use outpost_common::manifest::{self, Artifact, MANIFEST_SCHEMA, Manifest, SecretKey, Sha256Sum};
+use outpost_common::manifest::{self, Manifest, SecretKey};
 use outpost_common::vision::engine::Runtime;
 use outpost_common::vision::{Vision, VisionOptions};
 use reqwest::Method;
@@ -32,21 +32,10 @@ fn signed_manifest(artifact: &str, version: u64) -> Vec<u8> {
     let rt = Runtime::init(None).expect("ONNX Runtime");
     let zoo = Vision::load(rt, &read(DETECTOR), VisionOptions::default()).expect("zoo model loads");
     let bytes = read(artifact);
-    let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).expect("whole seconds");
+    let now = time::OffsetDateTime::now_utc();
     let m = Manifest {
-        schema: MANIFEST_SCHEMA,
-        name: "defect".into(),
-        version,
         label: Some(format!("1.{version}")),
-        artifact: Artifact { sha256: Sha256Sum::of(&bytes), length: bytes.len() as u64 },
-        task: zoo.spec().task,
-        input: zoo.spec().input.clone(),
-        labels: zoo.spec().labels.clone(),
-        family: None,
-        created_at: now,
-        expires_at: now + time::Duration::days(30),
-        min_version: None,
-        baseline: None,
+        ..Manifest::describing("defect", version, &bytes, zoo.spec(), now, time::Duration::days(30))
     };
     manifest::sign_manifest(&m, &[&release_key()]).to_json_pretty()
 }
