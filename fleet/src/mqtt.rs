@@ -65,15 +65,23 @@ impl Commands {
     }
 }
 
-/// Connects, subscribes (again after every reconnect) and forwards device messages to `out` until `shutdown`.
-pub fn start(config: ClientConfig, out: mpsc::Sender<Incoming>, shutdown: CancellationToken) -> Commands {
-    let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
+/// The options of one of the fleet's connections.
+fn options(config: &ClientConfig, client_id: &str) -> MqttOptions {
+    let mut options = MqttOptions::new(client_id, &config.host, config.port);
     options
         .set_credentials(&config.username, &config.password)
         .set_keep_alive(Duration::from_secs(15))
         .set_clean_session(false)
         .set_max_packet_size(2 << 20, 2 << 20);
-    let (client, mut eventloop) = AsyncClient::new(options, 1024);
+    options
+}
+
+/// Connects, subscribes (again after every reconnect) and forwards device messages to `out` until `shutdown`.
+/// Commands leave on a second connection (client id `<client_id>-commands`) with its own event loop: the
+/// subscriber's loop waits whenever the ingest is behind, and commands must not wait behind telemetry.
+pub fn start(config: ClientConfig, out: mpsc::Sender<Incoming>, shutdown: CancellationToken) -> Commands {
+    let commands = start_publisher(&config, shutdown.clone());
+    let (client, mut eventloop) = AsyncClient::new(options(&config, &config.client_id), 1024);
     let filters: Vec<String> = [Channel::Status, Channel::Telemetry, Channel::Events]
         .into_iter()
         .map(|c| {
@@ -84,7 +92,6 @@ pub fn start(config: ClientConfig, out: mpsc::Sender<Incoming>, shutdown: Cancel
             }
         })
         .collect();
-    let subscriber = client.clone();
     tokio::spawn(async move {
         let mut failures = 0u32;
         loop {
@@ -97,7 +104,7 @@ pub fn start(config: ClientConfig, out: mpsc::Sender<Incoming>, shutdown: Cancel
                     failures = 0;
                     tracing::info!(host = %config.host, port = config.port, "fleet connected to the broker");
                     for f in &filters {
-                        let _ = subscriber.try_subscribe(f.clone(), QoS::AtLeastOnce);
+                        let _ = client.try_subscribe(f.clone(), QoS::AtLeastOnce);
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -107,15 +114,43 @@ pub fn start(config: ClientConfig, out: mpsc::Sender<Incoming>, shutdown: Cancel
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    failures += 1;
-                    if failures == 1 {
-                        tracing::warn!(error = %e, "fleet MQTT connection lost; reconnecting");
-                    }
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(25)))).await;
+                    failures = backoff(failures, &e, "fleet MQTT connection lost; reconnecting").await;
                 }
             }
         }
-        let _ = subscriber.try_disconnect();
+        let _ = client.try_disconnect();
+    });
+    commands
+}
+
+/// The commands connection: publishes only, and its loop does nothing but drive the connection.
+fn start_publisher(config: &ClientConfig, shutdown: CancellationToken) -> Commands {
+    let (client, mut eventloop) = AsyncClient::new(options(config, &format!("{}-commands", config.client_id)), 4096);
+    let publisher = client.clone();
+    tokio::spawn(async move {
+        let mut failures = 0u32;
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                e = eventloop.poll() => e,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => failures = 0,
+                Ok(_) => {}
+                Err(e) => failures = backoff(failures, &e, "fleet commands connection lost; reconnecting").await,
+            }
+        }
+        let _ = publisher.try_disconnect();
     });
     Commands { client }
+}
+
+/// Logs the first failure of a run, waits longer after each (up to 5 s); returns the new count.
+async fn backoff(failures: u32, error: &rumqttc::ConnectionError, what: &'static str) -> u32 {
+    let failures = failures + 1;
+    if failures == 1 {
+        tracing::warn!(error = %error, "{what}");
+    }
+    tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(25)))).await;
+    failures
 }
