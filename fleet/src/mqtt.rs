@@ -94,28 +94,23 @@ pub fn start(config: ClientConfig, out: mpsc::Sender<Incoming>, shutdown: Cancel
         .collect();
     tokio::spawn(async move {
         let mut failures = 0u32;
-        loop {
-            let event = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                e = eventloop.poll() => e,
-            };
+        let lost = "fleet MQTT connection lost; reconnecting";
+        while let Some(event) = next_event(&mut eventloop, &shutdown, &mut failures, lost).await {
             match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    failures = 0;
+                Event::Incoming(Packet::ConnAck(_)) => {
                     tracing::info!(host = %config.host, port = config.port, "fleet connected to the broker");
                     for f in &filters {
                         let _ = client.try_subscribe(f.clone(), QoS::AtLeastOnce);
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if out.send(Incoming { topic: p.topic, payload: p.payload }).await.is_err() {
+                Event::Incoming(Packet::Publish(p)) => {
+                    // The ingest has stopped: nothing left to hand messages to.
+                    let handed = out.send(Incoming { topic: p.topic, payload: p.payload }).await;
+                    if handed.is_err() {
                         break;
                     }
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    failures = backoff(failures, &e, "fleet MQTT connection lost; reconnecting").await;
-                }
+                _ => {}
             }
         }
         let _ = client.try_disconnect();
@@ -129,28 +124,40 @@ fn start_publisher(config: &ClientConfig, shutdown: CancellationToken) -> Comman
     let publisher = client.clone();
     tokio::spawn(async move {
         let mut failures = 0u32;
-        loop {
-            let event = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                e = eventloop.poll() => e,
-            };
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => failures = 0,
-                Ok(_) => {}
-                Err(e) => failures = backoff(failures, &e, "fleet commands connection lost; reconnecting").await,
-            }
-        }
+        let lost = "fleet commands connection lost; reconnecting";
+        while next_event(&mut eventloop, &shutdown, &mut failures, lost).await.is_some() {}
         let _ = publisher.try_disconnect();
     });
     Commands { client }
 }
 
-/// Logs the first failure of a run, waits longer after each (up to 5 s); returns the new count.
-async fn backoff(failures: u32, error: &rumqttc::ConnectionError, what: &'static str) -> u32 {
-    let failures = failures + 1;
-    if failures == 1 {
-        tracing::warn!(error = %error, "{what}");
+/// The next event of a connection, `None` once `shutdown` is cancelled. A failed poll is logged (the first of a run)
+/// and waited out, longer after each (up to 5 s); a ConnAck resets the count.
+async fn next_event(
+    eventloop: &mut rumqttc::EventLoop,
+    shutdown: &CancellationToken,
+    failures: &mut u32,
+    lost: &'static str,
+) -> Option<Event> {
+    loop {
+        let polled = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            e = eventloop.poll() => e,
+        };
+        match polled {
+            Ok(event) => {
+                if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
+                    *failures = 0;
+                }
+                return Some(event);
+            }
+            Err(e) => {
+                *failures += 1;
+                if *failures == 1 {
+                    tracing::warn!(error = %e, "{lost}");
+                }
+                tokio::time::sleep(Duration::from_millis(200 * u64::from((*failures).min(25)))).await;
+            }
+        }
     }
-    tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(25)))).await;
-    failures
 }

@@ -20,6 +20,7 @@ mod run;
 use std::time::Duration;
 
 use anyhow::Result;
+use outpost_fleet::load::setting as env;
 
 /// What the environment asks for.
 #[derive(Debug, Clone)]
@@ -31,16 +32,6 @@ pub struct Settings {
     pub ceiling_rate: f64,
     pub batch: usize,
     pub workers: Option<usize>,
-}
-
-fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
-            eprintln!("{name}={v:?} is not valid; using the default");
-            default
-        }),
-        Err(_) => default,
-    }
 }
 
 impl Settings {

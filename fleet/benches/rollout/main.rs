@@ -21,6 +21,7 @@ mod run;
 use std::time::Duration;
 
 use anyhow::Result;
+use outpost_fleet::load::setting as env;
 
 /// What the command line and environment ask for.
 #[derive(Debug, Clone)]
@@ -32,16 +33,6 @@ pub struct Settings {
     pub install: Duration,
     pub health: Duration,
     pub batch: usize,
-}
-
-fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
-            eprintln!("{name}={v:?} is not valid; using the default");
-            default
-        }),
-        Err(_) => default,
-    }
 }
 
 impl Settings {

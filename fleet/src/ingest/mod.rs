@@ -246,7 +246,7 @@ impl Ingest {
             return Ok(self.not_new(device, seq, seen));
         }
         match message.body {
-            TelemetryBody::Window(window) => self.window(device, seq, &window, received_at),
+            TelemetryBody::Window(window) => self.window(device, seq, window, received_at),
             TelemetryBody::Frames(batch) => {
                 let (seen, _) = devices::mark(self.store.as_ref(), &device, seq, received_at, width, |t| {
                     t.totals.frame_batches = t.totals.frame_batches.saturating_add(1);
@@ -263,7 +263,7 @@ impl Ingest {
         &self,
         device: DeviceId,
         seq: u64,
-        window: &WindowSummary,
+        window: Box<WindowSummary>,
         received_at: OffsetDateTime,
     ) -> Result<Ingested, IngestError> {
         let skew = time::Duration::seconds(i64::from(self.config.max_clock_skew_secs));
@@ -272,16 +272,16 @@ impl Ingest {
             return Ok(self.drop(Some(device), DropReason::FutureWindow, &detail));
         }
         let store = self.store.as_ref();
-        series::store_window(store, &device, seq, window, received_at)?;
+        series::store_window(store, &device, seq, &window, received_at)?;
         let width = self.config.dedupe_window;
-        let (seen, _) = devices::mark(store, &device, seq, received_at, width, |t| t.totals.add_window(window))?;
+        let (seen, _) = devices::mark(store, &device, seq, received_at, width, |t| t.totals.add_window(&window))?;
         if seen != Seen::New {
             return Ok(self.not_new(device, seq, seen));
         }
         let groups = DriftGroup::of(&self.directory.tags(&device), self.config.drift.group_tags.as_deref());
         let sample = Sample { frames: window.frames, histogram: window.confidence, flagged: window.flagged };
         let alerts = self.drift.observe(&window.model, groups, &sample, window.end, received_at)?;
-        let outcome = Outcome::Window { seq, frames: window.frames, window: Box::new(window.clone()) };
+        let outcome = Outcome::Window { seq, frames: window.frames, window };
         Ok(self.accepted(device, outcome, alerts))
     }
 

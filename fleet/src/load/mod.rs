@@ -13,3 +13,14 @@ pub mod sys;
 pub use agent_sim::{Behaviour, VersionBehaviour};
 pub use device::{Messages, Phase, Published, Sim, SimState, Swarm, SwarmError};
 pub use memstore::MemStore;
+
+/// A bench setting from the environment: `name` parsed, or `default` when unset (or, with a warning, invalid).
+pub fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+            eprintln!("{name}={v:?} is not valid; using the default");
+            default
+        }),
+        Err(_) => default,
+    }
+}

@@ -131,6 +131,10 @@ impl WindowCache {
     /// A window the ingest stored: kept if its (device, version) has an entry.
     pub fn observe(&self, device: &str, seq: u64, window: &WindowSummary) {
         let mut entries = self.lock();
+        // Called for every stored window: nothing to allocate while no tick reads windows (no active rollout).
+        if entries.is_empty() {
+            return;
+        }
         if let Some(entry) = entries.get_mut(&(device.to_string(), window.model.clone())) {
             entry.points.insert(key(window, seq), Figures::of(window));
         }
