@@ -63,13 +63,8 @@ fn sign(manifest: &Manifest, keys: &[SecretKey]) -> Vec<u8> {
 #[path = "processes/fleet.rs"]
 mod processes;
 
-/// The real fleet (see `processes/fleet.rs`) in its own temp dir, which lives as long as it does.
-struct Fleet {
-    process: processes::Fleet,
-    base: String,
-    admin: String,
-    dir: tempfile::TempDir,
-}
+/// The real fleet, in its own temp dir (see `processes/fleet.rs`).
+type Fleet = processes::Owned;
 
 fn client() -> reqwest::blocking::Client {
     // No connection reuse: a server refusing a body may close the connection.
@@ -86,11 +81,8 @@ fn start(extra: &str) -> Fleet {
 }
 
 fn start_with(models: &str) -> Fleet {
-    let dir = tempfile::tempdir().expect("tempdir");
     let extra = format!("[models]\n{models}\n");
-    let options = processes::FleetOptions { extra: &extra, ..Default::default() };
-    let process = processes::Fleet::start_blocking(dir.path(), &options);
-    Fleet { base: process.base.clone(), admin: process.admin.clone(), process, dir }
+    processes::Owned::start_blocking(&processes::FleetOptions { extra: &extra, ..Default::default() })
 }
 
 impl Fleet {
@@ -153,7 +145,7 @@ impl Fleet {
     /// Files under the object store's `models/` folder.
     fn model_blobs(&self) -> Vec<String> {
         let mut out = Vec::new();
-        let mut dirs = vec![self.process.state_dir().join("blobs/models")];
+        let mut dirs = vec![self.state_dir().join("blobs/models")];
         while let Some(dir) = dirs.pop() {
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for entry in entries {
@@ -580,7 +572,7 @@ fn outpost(fleet: &Fleet, token: &str, args: &[&str]) -> (bool, String, String) 
         .args(args)
         .env("OUTPOST_FLEET_URL", &fleet.base)
         .env("OUTPOST_TOKEN", token)
-        .current_dir(fleet.dir.path())
+        .current_dir(fleet.dir.as_path())
         .output()
         .expect("outpost runs");
     (
@@ -594,7 +586,7 @@ fn outpost(fleet: &Fleet, token: &str, args: &[&str]) -> (bool, String, String) 
 fn the_cli_signs_pushes_lists_shows_deprecates_and_deletes() {
     let fleet = start("");
     let operator = fleet.user("olga", "operator");
-    let dir = fleet.dir.path();
+    let dir = fleet.dir.as_path();
     std::fs::write(dir.join("release.key"), key(1).to_pkcs8_pem().expect("pem")).expect("key");
     std::fs::write(dir.join("other.key"), key(2).to_pkcs8_pem().expect("pem")).expect("key");
     for name in ["release.key", "other.key"] {

@@ -7,13 +7,8 @@ use std::time::Duration;
 #[path = "processes/fleet.rs"]
 mod processes;
 
-/// The real fleet (see `processes/fleet.rs`) in its own temp dir, which lives as long as it does.
-struct Fleet {
-    process: processes::Fleet,
-    base: String,
-    admin: String,
-    dir: tempfile::TempDir,
-}
+/// The real fleet, in its own temp dir (see `processes/fleet.rs`).
+type Fleet = processes::Owned;
 
 fn client() -> reqwest::blocking::Client {
     // No connection reuse: a server refusing an oversized body closes the connection while the body is still sent.
@@ -25,9 +20,7 @@ fn client() -> reqwest::blocking::Client {
 }
 
 fn start() -> Fleet {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let process = processes::Fleet::start_blocking(dir.path(), &processes::FleetOptions::default());
-    Fleet { base: process.base.clone(), admin: process.admin.clone(), process, dir }
+    processes::Owned::start_blocking(&processes::FleetOptions::default())
 }
 
 fn outpost(fleet: &Fleet, args: &[&str]) -> std::process::Output {
@@ -35,7 +28,7 @@ fn outpost(fleet: &Fleet, args: &[&str]) -> std::process::Output {
         .args(args)
         .env("OUTPOST_FLEET_URL", &fleet.base)
         .env("OUTPOST_TOKEN", &fleet.admin)
-        .current_dir(fleet.dir.path())
+        .current_dir(fleet.dir.as_path())
         .output()
         .expect("outpost runs")
 }
@@ -45,8 +38,8 @@ fn devices_are_enrolled_listed_and_revoked_from_the_cli() {
     let fleet = start();
     let out = outpost(&fleet, &["device", "enroll", "press-7", "--tag", "site=plant-a", "--tag", "line=3"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let config = std::fs::read_to_string(fleet.dir.path().join("press-7.agent.toml")).expect("agent config written");
-    let mode = std::fs::metadata(fleet.dir.path().join("press-7.agent.toml")).expect("meta");
+    let config = std::fs::read_to_string(fleet.dir.as_path().join("press-7.agent.toml")).expect("agent config written");
+    let mode = std::fs::metadata(fleet.dir.as_path().join("press-7.agent.toml")).expect("meta");
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600, "secrets stay private");
     for needle in ["id = \"press-7\"", "key = \"", "broker = \"mqtt://127.0.0.1:", "token = \"", "password = \""] {
         assert!(config.contains(needle), "`{needle}` missing from:\n{config}");
@@ -144,7 +137,7 @@ fn each_role_is_refused_what_it_may_not_do_and_bad_requests_are_4xx() {
         status(c.post(url("/annotate/claim")).bearer_auth(&device).json(&serde_json::json!({"model": "m"}))),
         403
     );
-    let export = serde_json::json!({"model": "m", "format": "yolo", "out_dir": fleet.dir.path().join("x")});
+    let export = serde_json::json!({"model": "m", "format": "yolo", "out_dir": fleet.dir.as_path().join("x")});
     assert_eq!(status(c.post(url("/exports")).bearer_auth(&annotator).json(&export)), 403);
     assert_eq!(status(c.put(url("/samples/00")).bearer_auth(&annotator)), 403, "only devices upload");
 }
@@ -153,7 +146,7 @@ fn each_role_is_refused_what_it_may_not_do_and_bad_requests_are_4xx() {
 fn sigterm_stops_the_fleet_cleanly() {
     let mut fleet = start();
     // Exits 0 (asserted by `terminate`) after the last step of its shutdown, within its 10 s deadline and a margin.
-    let took = fleet.process.terminate();
+    let took = fleet.terminate();
     assert!(took < Duration::from_secs(15), "stopped after {took:?}");
-    assert!(fleet.process.log().contains("fleet stopped"), "{}", fleet.process.log());
+    assert!(fleet.log().contains("fleet stopped"), "{}", fleet.log());
 }

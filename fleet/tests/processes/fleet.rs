@@ -196,6 +196,35 @@ impl Fleet {
     }
 }
 
+/// A fleet that owns its temp dir (removed after the fleet stops), for tests that start one each without an async
+/// runtime; everything else is the [`Fleet`]'s.
+pub struct Owned {
+    fleet: Fleet,
+    _dir: tempfile::TempDir,
+}
+
+impl Owned {
+    /// [`Fleet::start_blocking`] in a fresh temp dir.
+    pub fn start_blocking(options: &FleetOptions<'_>) -> Owned {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Owned { fleet: Fleet::start_blocking(dir.path(), options), _dir: dir }
+    }
+}
+
+impl std::ops::Deref for Owned {
+    type Target = Fleet;
+
+    fn deref(&self) -> &Fleet {
+        &self.fleet
+    }
+}
+
+impl std::ops::DerefMut for Owned {
+    fn deref_mut(&mut self) -> &mut Fleet {
+        &mut self.fleet
+    }
+}
+
 /// One device of `GET /fleet/devices`, or null.
 pub fn device<'a>(devices: &'a Value, name: &str) -> &'a Value {
     devices.as_array().and_then(|a| a.iter().find(|d| d["id"] == name)).unwrap_or(&Value::Null)
