@@ -65,12 +65,8 @@ pub struct TlsListen {
     pub listen_v5: Option<SocketAddr>,
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
-    #[serde(default = "default_handshake")]
+    #[serde(default = "crate::api::tls::default_handshake")]
     pub handshake_timeout_secs: u64,
-}
-
-fn default_handshake() -> u64 {
-    10
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -29,7 +29,8 @@ pub struct HttpTls {
     pub handshake_timeout_secs: u64,
 }
 
-fn default_handshake() -> u64 {
+/// The TLS handshake timeout of the API's and the broker's listeners unless configured.
+pub(crate) fn default_handshake() -> u64 {
     10
 }
 
