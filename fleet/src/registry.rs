@@ -5,10 +5,15 @@
 //! password hash buys nothing for secrets with this much entropy). Device message-authentication keys are not
 //! stored at all: each is derived from the fleet's master secret and the device id
 //! ([`outpost_common::protocol::auth::derive_device_key`]), so a copy of the store alone forges nothing.
+//!
+//! Ingest asks for a device's key and tags on every message, so those of active devices are kept in memory
+//! ([`Registry::active_key`], [`Registry::tags`]): filled on first use, forgotten by enroll and revoke, which are
+//! the only writers of device records. Every clone of a registry shares that cache; the registry must be the only
+//! writer of its store's device records (one fleet process per store, as sled enforces).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use outpost_common::protocol::auth::{DeviceKey, derive_device_key};
 use outpost_common::store::{Store, StoreError};
@@ -125,6 +130,14 @@ struct TokenRecord {
 pub struct Registry {
     store: Arc<dyn Store>,
     master: Arc<[u8; 32]>,
+    /// Enrolled, unrevoked devices looked up so far: their key and tags (see the module documentation).
+    active: Arc<RwLock<HashMap<DeviceId, Arc<Active>>>>,
+}
+
+/// What ingest needs of an active device.
+struct Active {
+    key: DeviceKey,
+    tags: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -188,7 +201,7 @@ pub fn parse_tags(tags: &[String]) -> Result<BTreeMap<String, String>, RegistryE
 
 impl Registry {
     pub fn new(store: Arc<dyn Store>, master: [u8; 32]) -> Registry {
-        Registry { store, master: Arc::new(master) }
+        Registry { store, master: Arc::new(master), active: Arc::default() }
     }
 
     /// The message-authentication key of `device` (derived, never stored).
@@ -212,6 +225,7 @@ impl Registry {
         if !self.store.compare_and_swap(DEVICES, id.as_str().as_bytes(), None, Some(&bytes))? {
             return Err(RegistryError::Exists(id.to_string()));
         }
+        self.forget(&id);
         self.put_token(&token, &format!("device:{id}"), Role::Device)?;
         self.store.flush()?;
         tracing::info!(device = %id, "device enrolled");
@@ -267,6 +281,9 @@ impl Registry {
         record.revoked = true;
         let bytes = serde_json::to_vec(&record).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
         self.store.put(DEVICES, id.as_bytes(), &bytes)?;
+        if let Ok(device) = DeviceId::new(id) {
+            self.forget(&device);
+        }
         self.store.flush()?;
         tracing::warn!(device = id, "device revoked");
         Ok(record)
@@ -309,11 +326,33 @@ impl Registry {
 
     /// The key of an enrolled, unrevoked device, for checking its messages.
     pub fn active_key(&self, device: &DeviceId) -> Option<DeviceKey> {
-        self.device(device.as_str()).ok().filter(|d| !d.revoked).map(|_| self.device_key(device))
+        self.active(device).map(|a| a.key.clone())
     }
 
+    /// A device's tags (a revoked device keeps its own, for grouping its past data); none for an unknown one.
     pub fn tags(&self, device: &DeviceId) -> BTreeMap<String, String> {
-        self.device(device.as_str()).map(|d| d.tags).unwrap_or_default()
+        match self.active(device) {
+            Some(a) => a.tags.clone(),
+            None => self.device(device.as_str()).map(|d| d.tags).unwrap_or_default(),
+        }
+    }
+
+    /// The cached key and tags of an active device, read from the store on first use. The store is read under
+    /// the cache's write lock, and enroll and revoke forget an entry after writing the record, so a lookup never
+    /// caches what a revocation has already replaced.
+    fn active(&self, device: &DeviceId) -> Option<Arc<Active>> {
+        if let Some(a) = self.active.read().unwrap_or_else(|p| p.into_inner()).get(device) {
+            return Some(a.clone());
+        }
+        let mut cache = self.active.write().unwrap_or_else(|p| p.into_inner());
+        let record = self.device(device.as_str()).ok().filter(|d| !d.revoked)?;
+        let active = Arc::new(Active { key: self.device_key(device), tags: record.tags });
+        cache.insert(device.clone(), active.clone());
+        Some(active)
+    }
+
+    fn forget(&self, device: &DeviceId) {
+        self.active.write().unwrap_or_else(|p| p.into_inner()).remove(device);
     }
 }
 
@@ -357,10 +396,15 @@ mod tests {
         assert_eq!(r.device_key(&id).to_hex(), c.device_key, "the key is derived, the same every time");
         assert_eq!(r.tags(&id).get("site").map(String::as_str), Some("plant-a"));
         assert!(matches!(r.enroll("press-7", BTreeMap::new()), Err(RegistryError::Exists(_))));
+        // Ingest's lookups are cached; revoking through any clone of the registry ends them.
+        let ingest_view = r.clone();
+        assert!(ingest_view.active_key(&id).is_some());
         r.revoke("press-7").expect("revoke");
         assert!(!r.check_mqtt("press-7", &c.mqtt_password));
         assert_eq!(r.authenticate(&c.http_token), None);
         assert!(r.active_key(&id).is_none());
+        assert!(ingest_view.active_key(&id).is_none());
+        assert_eq!(r.tags(&id).get("site").map(String::as_str), Some("plant-a"), "a revoked device keeps its tags");
         assert_eq!(r.list().expect("list").len(), 1);
     }
 

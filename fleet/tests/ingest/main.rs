@@ -1,6 +1,6 @@
 //! Ingest end to end over a real sled store: messages sealed as the agent seals them, forgeries, duplicates across a
 //! fleet restart, out-of-order replays, status and last will, range queries and aggregates, retention and
-//! roll-ups, the event log; drift on the real defect model's confidences in `drift.rs`.
+//! roll-ups, the event log, several threads delivering at once; drift on the real defect model's confidences in `drift.rs`.
 
 mod drift;
 mod support;
@@ -308,6 +308,54 @@ fn compact_rolls_up_and_deletes_by_retention() {
     // A second compaction finds nothing left to do.
     let again = fleet.ingest.compact(t(5 * DAY)).expect("compacts");
     assert_eq!((again.windows_deleted, again.rollups_deleted, again.series_deleted), (0, 0, 0));
+
+    // The device reports again on the same version: its series is back in the index, so aggregates see it.
+    assert!(stored(&fleet.send(&d, &simple_window(101, 1, 5 * DAY), t(5 * DAY + 2)).outcome));
+    let aggregates = fleet.ingest.aggregate(all_time(), &AggregateFilter::default()).expect("query");
+    assert_eq!(aggregates.iter().map(|a| (a.devices, a.rollup.windows)).collect::<Vec<_>>(), [(1, 1)]);
+}
+
+#[test]
+fn the_same_messages_delivered_by_several_threads_at_once_are_stored_and_counted_once() {
+    let fleet = Fleet::new(IngestConfig::default());
+    let devices: Vec<_> = (0..3).map(|i| fleet.enroll(&format!("cam-{i}"), &[])).collect();
+    // Per device 40 messages: every fifth an event, the others one-minute windows.
+    let mut messages = Vec::new();
+    for d in &devices {
+        for seq in 1..=40u64 {
+            let (topic, payload) = if seq % 5 == 0 {
+                (topics::topic(d, Channel::Events), sealed_with(&key(d), d, &event(seq, t(seq as i64))))
+            } else {
+                let window = simple_window(seq, 1, seq as i64);
+                (topics::topic(d, Channel::Telemetry), sealed_with(&key(d), d, &window))
+            };
+            messages.push((topic, payload));
+        }
+    }
+    // Four deliveries of everything, at once, each in its own order.
+    std::thread::scope(|scope| {
+        for k in 0..4 {
+            let (fleet, messages) = (&fleet, &messages);
+            scope.spawn(move || {
+                let n = messages.len();
+                for i in 0..n {
+                    // Rotated by a quarter per thread, odd threads backwards: a permutation each.
+                    let at = (i + k * n / 4) % n;
+                    let (topic, payload) = &messages[if k % 2 == 0 { at } else { n - 1 - at }];
+                    fleet.publish(topic, payload, t(60));
+                }
+            });
+        }
+    });
+    for d in &devices {
+        let totals = fleet.ingest.device(d).expect("query").expect("known").totals;
+        assert_eq!((totals.windows, totals.frames, totals.events), (32, 320, 8), "{d}");
+        assert_eq!(fleet.ingest.windows(d, &model(1), all_time(), 100).expect("query").len(), 32);
+        let hours = fleet.ingest.hourly(d, &model(1), all_time()).expect("query");
+        assert_eq!(hours.iter().map(|h| h.rollup.windows).sum::<u64>(), 32, "each window added to its hour once");
+        assert_eq!(fleet.ingest.events(d, None, 100).expect("query").len(), 8);
+    }
+    assert_eq!(fleet.ingest.drop_counts()[&DropReason::Duplicate], 3 * 3 * 40);
 }
 
 #[test]
