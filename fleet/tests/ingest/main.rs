@@ -1,6 +1,7 @@
 //! Ingest end to end over a real sled store: messages sealed as the agent seals them, forgeries, duplicates across a
 //! fleet restart, out-of-order replays, status and last will, range queries and aggregates, retention and
-//! roll-ups, the event log, several threads delivering at once; drift on the real defect model's confidences in `drift.rs`.
+//! roll-ups, the event log, several threads delivering at once; drift on the real defect model's confidences in
+//! `drift.rs`.
 
 mod drift;
 mod support;
