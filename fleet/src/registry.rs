@@ -337,15 +337,18 @@ impl Registry {
         }
     }
 
-    /// The cached key and tags of an active device, read from the store on first use. The store is read under
-    /// the cache's write lock, and enroll and revoke forget an entry after writing the record, so a lookup never
-    /// caches what a revocation has already replaced.
+    /// The cached key and tags of an active device, read from the store on first use. An unknown or revoked device
+    /// is answered from the store without the write lock (messages naming made-up devices never queue on it); an
+    /// active one is read again under the write lock before it is cached, and enroll and revoke forget an entry
+    /// after writing the record, so a lookup never caches what a revocation has already replaced.
     fn active(&self, device: &DeviceId) -> Option<Arc<Active>> {
         if let Some(a) = self.active.read().unwrap_or_else(|p| p.into_inner()).get(device) {
             return Some(a.clone());
         }
+        let is_active = || self.device(device.as_str()).ok().filter(|d| !d.revoked);
+        is_active()?;
         let mut cache = self.active.write().unwrap_or_else(|p| p.into_inner());
-        let record = self.device(device.as_str()).ok().filter(|d| !d.revoked)?;
+        let record = is_active()?;
         let active = Arc::new(Active { key: self.device_key(device), tags: record.tags });
         cache.insert(device.clone(), active.clone());
         Some(active)
