@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 
 use outpost_common::manifest::{self, Manifest, SecretKey};
+use outpost_common::protocol::ConfidenceHistogram;
+use outpost_common::vision::confidence::Confidence;
 use outpost_common::vision::engine::Runtime;
 use outpost_common::vision::{Vision, VisionOptions};
 use reqwest::Method;
@@ -63,8 +65,37 @@ pub fn fleet_toml() -> String {
     )
 }
 
+/// Photos in a replay loop: the number of defect validation photos each agent replays.
+const PHOTOS: usize = 8;
+
+/// The first [`PHOTOS`] defect validation photos on which the zoo detector finds defects with a mean score in one
+/// confidence bin (0.90–0.95), none of them uncertain.
+///
+/// Every agent replays these, so a window's mean confidence depends on the model it ran and not on which photos
+/// fell into it. With photos of mixed difficulty (the first eight include two without any detection and one at
+/// 0.56), a gate comparing a few seconds of windows on each side saw a different share of the hard photo on each
+/// side, depending on where each device was in its loop, and once stopped a good version for a 0.125 drop.
+fn steady_photos() -> Vec<PathBuf> {
+    let rt = Runtime::init(None).expect("ONNX Runtime");
+    let mut zoo = Vision::load(rt, &read(DETECTOR), VisionOptions::default()).expect("zoo model loads");
+    let steady = ConfidenceHistogram::bin(0.925);
+    let mut chosen = Vec::new();
+    for photo in defect_images("val") {
+        let bytes = std::fs::read(&photo).unwrap_or_else(|e| panic!("{}: {e}", photo.display()));
+        let result = zoo.infer_encoded(&bytes).unwrap_or_else(|e| panic!("{}: {e}", photo.display()));
+        let uncertain = matches!(result.confidence, Confidence::Detect { uncertain, .. } if uncertain > 0);
+        if !uncertain && result.confidence.headline().and_then(ConfidenceHistogram::bin) == steady {
+            chosen.push(photo);
+            if chosen.len() == PHOTOS {
+                return chosen;
+            }
+        }
+    }
+    panic!("only {} validation photos in the steady confidence bin: {chosen:?}", chosen.len());
+}
+
 /// Starts the fleet, pushes v1 (the zoo detector) and `versions` (artifact, version), and starts `count` agents
-/// named `{prefix}-{i}` over `sites`, each replaying 8 photos at `fps`, and waits until each reports v1.
+/// named `{prefix}-{i}` over `sites`, each replaying the [`steady_photos`] at `fps`, and waits until each reports v1.
 pub async fn rig(prefix: &str, count: usize, sites: &[&str], fps: f64, versions: &[(&str, u64)]) -> Rig {
     rig_with(prefix, count, sites, fps, versions, "").await
 }
@@ -85,14 +116,12 @@ pub async fn rig_with(
     for (artifact, version) in versions {
         push(&fleet, artifact, *version).await;
     }
-    let photos = defect_images("val");
+    let photos = steady_photos();
     let mut agents = Vec::new();
     for i in 0..count {
         let mut setup = AgentSetup::new(&format!("{prefix}-{i}"), sites[i % sites.len()]);
         setup.tags.push(("fleet".into(), "test".into()));
-        // Every agent sees the same photos, so canary and control differ only by the model they run.
-        let files: Vec<PathBuf> = photos[..8].to_vec();
-        setup.replay = Some((fps, files));
+        setup.replay = Some((fps, photos.clone()));
         setup.extra = updates_toml(5).replacen("[updates]\n", &format!("[updates]\n{updates}"), 1);
         agents.push(Agent::enroll_and_start(&fleet, tmp.path(), &setup));
     }
@@ -129,9 +158,8 @@ pub fn served(device: &Value) -> Option<(u64, bool)> {
 }
 
 /// A plan for `defect` v`version` to the devices tagged `fleet=test`, with quick gates: 8 windows (1 s each) a side
-/// for quality, drift and latency out of the way so only the gates a scenario is about can fire. Eight windows, as
-/// the agents replay 8 photos at 2 fps: with fewer, the gate would compare a few photos on the canary against every
-/// photo on the control devices, and a canary whose few windows happened to be the hard photos could look worse.
+/// for quality, drift and latency out of the way so only the gates a scenario is about can fire. The agents replay
+/// [`steady_photos`], so the quality gate sees the model and not the photos.
 pub fn plan(version: u64, stages: Value, install: Value) -> Value {
     json!({
         "model": "defect",
