@@ -3,7 +3,9 @@
 //! arrived.
 //!
 //! Design: a router task reads the MQTT client's channel and forwards each message to its worker's bounded channel
-//! (waiting when that worker is behind, which backs the client up as a single channel did). The worker is a stable
+//! (waiting when that worker is behind, which backs the client up as a single channel did). Each worker is a
+//! thread of its own, named `ingest-N` (not a task of tokio's blocking pool, which is meant for calls that end and
+//! may queue a long-running task behind another when it cannot start a thread). The worker is a stable
 //! hash of the device id parsed from the topic; a topic that names no device goes to worker 0 (the ingest drops it
 //! as `bad_topic`). [`crate::ingest::Ingest::ingest`] is safe to call from several threads: every read-modify-write
 //! is a compare-and-swap on per-device keys, and the drift trackers and the rollout engine each hold one short
@@ -48,12 +50,18 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 #[derive(Debug)]
 pub struct Workers {
     router: JoinHandle<()>,
-    workers: Vec<JoinHandle<()>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Workers {
     /// Starts `count` (at least 1) worker threads and the router reading `rx`. Must be called in a tokio runtime.
-    pub fn start(ingest: Arc<Ingest>, count: usize, mut rx: mpsc::Receiver<Incoming>, after: AfterIngest) -> Workers {
+    /// Fails only when the OS refuses a thread.
+    pub fn start(
+        ingest: Arc<Ingest>,
+        count: usize,
+        mut rx: mpsc::Receiver<Incoming>,
+        after: AfterIngest,
+    ) -> std::io::Result<Workers> {
         let count = count.max(1);
         let mut senders = Vec::with_capacity(count);
         let mut workers = Vec::with_capacity(count);
@@ -61,7 +69,8 @@ impl Workers {
             let (tx, rx) = mpsc::channel(QUEUE);
             senders.push(tx);
             let (ingest, after) = (ingest.clone(), after.clone());
-            workers.push(tokio::task::spawn_blocking(move || work(index, &ingest, rx, after.as_ref())));
+            let thread = std::thread::Builder::new().name(format!("ingest-{index}"));
+            workers.push(thread.spawn(move || work(index, &ingest, rx, after.as_ref()))?);
         }
         let router = tokio::spawn(async move {
             while let Some(m) = rx.recv().await {
@@ -73,19 +82,22 @@ impl Workers {
             }
         });
         tracing::info!(workers = count, "ingest workers started");
-        Workers { router, workers }
+        Ok(Workers { router, workers })
     }
 
     /// Resolves once the router has ended (its input closed) and every worker has drained its queue.
     pub async fn join(self) {
         let _ = self.router.await;
-        for w in self.workers {
-            let _ = w.await;
+        let workers = self.workers;
+        // The router's end dropped the workers' senders, so each thread ends once its queue is drained.
+        let joined = tokio::task::spawn_blocking(move || workers.into_iter().all(|w| w.join().is_ok())).await;
+        if !matches!(joined, Ok(true)) {
+            tracing::error!("an ingest worker panicked");
         }
     }
 }
 
-/// One worker: feeds its messages to the ingest, on a blocking thread (the store is synchronous).
+/// One worker: feeds its messages to the ingest, on its own thread (the store is synchronous).
 fn work(
     index: usize,
     ingest: &Ingest,
@@ -166,7 +178,7 @@ mod tests {
             log.lock().expect("lock").push((device, n, std::thread::current().id()));
         });
         let (tx, rx) = mpsc::channel(16);
-        let workers = Workers::start(ingest.clone(), 3, rx, after);
+        let workers = Workers::start(ingest.clone(), 3, rx, after).expect("worker threads");
         for round in 0..50u8 {
             for d in 0..20 {
                 let topic = topic(&format!("dev-{d}"), Channel::Telemetry);
@@ -185,7 +197,7 @@ mod tests {
             assert_eq!(*threads.entry(device.clone()).or_insert(*thread), *thread, "{device} moved threads");
         }
         let distinct: std::collections::HashSet<_> = threads.values().collect();
-        assert!(distinct.len() > 1, "20 devices over 3 workers used one thread");
+        assert_eq!(distinct.len(), 3, "20 devices over 3 workers");
         let drops = ingest.drop_counts();
         assert_eq!(drops.get(&DropReason::UnknownDevice), Some(&1000));
         assert_eq!(drops.get(&DropReason::BadTopic), Some(&1));

@@ -193,7 +193,8 @@ pub async fn run(
         config.ingest.workers(),
         rx,
         after_ingest(alerts, rollouts.clone()),
-    );
+    )
+    .context("starting the ingest workers")?;
     let rollout_task = tokio::spawn(crate::rollout::engine::run(rollouts.clone(), commands.clone(), shutdown.clone()));
     let ready_flag = Arc::new(AtomicBool::new(false));
     let mosquitto = match (&config.broker.mosquitto_dir, &config.broker.username, &config.broker.password) {
