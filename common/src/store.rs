@@ -12,6 +12,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use sled::Transactional;
+
 /// Why the store refused or failed an operation.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -23,6 +25,14 @@ pub enum StoreError {
 
 /// One key/value pair read from a tree.
 pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// One write of an atomic batch ([`Store::apply`]): set `key` of `tree` to `value`, or remove it for `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    pub tree: &'static str,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
 
 /// Ordered key/value trees with explicit durability.
 pub trait Store: Send + Sync + fmt::Debug + 'static {
@@ -51,6 +61,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError>;
+    /// Applies every write, in order, over any number of trees, atomically: after a crash either all of them are
+    /// in the store or none is (once durable, as any write: see [`Store::flush`]).
+    fn apply(&self, writes: &[Write]) -> Result<(), StoreError>;
 }
 
 /// The sled-backed store. One process per path: a second open of the same path fails.
@@ -150,6 +163,30 @@ impl Store for SledStore {
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io))
             .collect()
     }
+
+    fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            // sled's transaction over no trees panics.
+            return Ok(());
+        }
+        let mut names: Vec<&str> = writes.iter().map(|w| w.tree).collect();
+        names.sort_unstable();
+        names.dedup();
+        let trees = names.iter().map(|n| self.tree(n)).collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<&sled::Tree> = trees.iter().collect();
+        let result = refs.as_slice().transaction(|trees| {
+            for w in writes {
+                // `names` holds every write's tree, so the search always finds it.
+                let Ok(i) = names.binary_search(&w.tree) else { continue };
+                match &w.value {
+                    Some(v) => trees[i].insert(w.key.as_slice(), v.as_slice())?,
+                    None => trees[i].remove(w.key.as_slice())?,
+                };
+            }
+            Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+        });
+        result.map_err(|e| StoreError::Io(format!("{e:?}")))
+    }
 }
 
 #[cfg(test)]
@@ -201,6 +238,33 @@ mod tests {
         assert_eq!(keys(store.scan_prefix("t", b"a/", None, 10).expect("scan")), ["a/1", "a/2", "a/3"]);
         assert_eq!(keys(store.scan_prefix("t", b"a/", Some(b"a/1"), 1).expect("scan")), ["a/2"]);
         assert_eq!(keys(store.scan_prefix("t", b"c/", None, 10).expect("scan")), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_batch_over_several_trees_is_applied_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = SledStore::open(dir.path()).expect("open");
+            store.put("b", b"gone", b"x").expect("put");
+            let w = |tree, key: &[u8], value: Option<&[u8]>| Write {
+                tree,
+                key: key.to_vec(),
+                value: value.map(<[u8]>::to_vec),
+            };
+            let batch = [
+                w("a", b"k1", Some(b"1")),
+                w("b", b"k2", Some(b"2")),
+                w("b", b"gone", None),
+                w("a", b"k1", Some(b"3")),
+            ];
+            store.apply(&batch).expect("apply");
+            store.apply(&[]).expect("an empty batch");
+            store.flush().expect("flush");
+        }
+        let store = SledStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.get("a", b"k1").expect("get"), Some(b"3".to_vec()), "the later write of a key wins");
+        assert_eq!(store.get("b", b"k2").expect("get"), Some(b"2".to_vec()));
+        assert_eq!(store.get("b", b"gone").expect("get"), None);
     }
 
     #[test]

@@ -36,14 +36,9 @@ pub fn worker_for(topic: &str, workers: usize) -> usize {
         return 0;
     }
     match topics::parse(topic) {
-        Ok((device, _)) => (fnv1a(device.as_str().as_bytes()) % workers as u64) as usize,
+        Ok((device, _)) => (crate::ingest::fnv1a(device.as_str().as_bytes()) % workers as u64) as usize,
         Err(_) => 0,
     }
-}
-
-/// FNV-1a, 64 bits: stable across runs and builds (unlike std's `RandomState`), cheap for short ids.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// The running router and workers.

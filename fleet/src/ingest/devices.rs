@@ -1,5 +1,6 @@
 //! Per-device state: the de-duplication window with the device's totals (one record, so a seq is marked and
-//! counted in the same atomic write), and the last status (online/offline, agent version, models, health).
+//! counted in the same atomic write; kept up to date by [`super::hot`]), and the last status (online/offline, agent
+//! version, models, health).
 //!
 //! Status ordering: a status is applied in arrival order unless it is older, by its own `at`, than the newest status
 //! applied so far — a replayed old status. A last will is the exception: the agent registers it at connect, so its
@@ -17,7 +18,7 @@ use outpost_common::topics::DeviceId;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::dedupe::{Seen, SeqWindow};
+use super::dedupe::SeqWindow;
 use super::error::{DropReason, IngestError};
 use super::record::{self, Change};
 use super::{STATUS, TALLIES, keys};
@@ -62,54 +63,9 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
-    fn new(width: u32) -> Tally {
+    pub(crate) fn new(width: u32) -> Tally {
         Tally { seqs: SeqWindow::new(width), last_seen: None, totals: Totals::default(), event_log_len: 0 }
     }
-}
-
-/// What the de-duplication window says about `seq` now (a read; [`mark`] decides).
-pub(crate) fn check(store: &dyn Store, device: &DeviceId, seq: u64, width: u32) -> Result<Seen, IngestError> {
-    let tally: Option<Tally> = record::get(store, TALLIES, &keys::device(device), "tally")?;
-    Ok(tally.map_or(Seen::New, |mut t| {
-        t.seqs.resize(width);
-        t.seqs.check(seq)
-    }))
-}
-
-/// Marks `seq` stored and applies `count` to the device's record, once: returns `Seen::New` and the record only
-/// to the caller that marked it.
-pub(crate) fn mark(
-    store: &dyn Store,
-    device: &DeviceId,
-    seq: u64,
-    received_at: OffsetDateTime,
-    width: u32,
-    count: impl Fn(&mut Tally),
-) -> Result<(Seen, Tally), IngestError> {
-    record::update(store, TALLIES, &keys::device(device), "tally", |old: Option<Tally>| {
-        let mut tally = old.unwrap_or_else(|| Tally::new(width));
-        tally.seqs.resize(width);
-        let seen = tally.seqs.mark(seq);
-        if seen != Seen::New {
-            return Ok((Change::Keep, (seen, tally)));
-        }
-        tally.last_seen = Some(tally.last_seen.map_or(received_at, |t| t.max(received_at)));
-        count(&mut tally);
-        Ok((Change::Put(tally.clone()), (seen, tally)))
-    })
-}
-
-/// Lowers the device's event-log length after `removed` events were trimmed.
-pub(crate) fn trimmed(store: &dyn Store, device: &DeviceId, removed: u64) -> Result<(), IngestError> {
-    record::update(store, TALLIES, &keys::device(device), "tally", |old: Option<Tally>| {
-        Ok(match old {
-            Some(mut t) => {
-                t.event_log_len = t.event_log_len.saturating_sub(removed);
-                (Change::Put(t), ())
-            }
-            None => (Change::Keep, ()),
-        })
-    })
 }
 
 /// The last status of a device, as stored.
@@ -206,10 +162,18 @@ fn view(device: DeviceId, status: Option<StatusRecord>, tally: Option<Tally>) ->
     }
 }
 
-pub(crate) fn one(store: &dyn Store, device: &DeviceId) -> Result<Option<DeviceView>, IngestError> {
+/// One device; `tally` is its tally when the caller holds a newer one than the store's.
+pub(crate) fn one(
+    store: &dyn Store,
+    device: &DeviceId,
+    tally: Option<Tally>,
+) -> Result<Option<DeviceView>, IngestError> {
     let key = keys::device(device);
     let status: Option<StatusRecord> = record::get(store, STATUS, &key, "status")?;
-    let tally: Option<Tally> = record::get(store, TALLIES, &key, "tally")?;
+    let tally = match tally {
+        Some(t) => Some(t),
+        None => record::get(store, TALLIES, &key, "tally")?,
+    };
     if status.is_none() && tally.is_none() {
         return Ok(None);
     }

@@ -98,6 +98,12 @@ pub(crate) fn event(dev: &DeviceId, seq: u64) -> Vec<u8> {
     key
 }
 
+/// FNV-1a, 64 bits: a stable hash (unlike std's `RandomState`, the same across runs and builds), cheap for the
+/// short ids it spreads over workers and shards.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// The time right after `prefix` in a key.
 pub(crate) fn time_after(key: &[u8], prefix_len: usize) -> Option<i64> {
     time_of_key(key.get(prefix_len..)?)

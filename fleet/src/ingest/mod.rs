@@ -2,8 +2,8 @@
 //! needs over what was stored.
 //!
 //! The MQTT side calls [`Ingest::ingest`] with each received message (topic, payload bytes, the time it arrived);
-//! the service calls [`Ingest::compact`] periodically and [`Ingest::flush`] to make what was stored durable (sled
-//! also flushes on its own every 500 ms).
+//! the service calls [`Ingest::flush`] about every second, to write what was ingested since and make it durable,
+//! and [`Ingest::compact`] periodically.
 //!
 //! Per message, in order: the topic names a device and a channel (`outpost_common::topics::parse`); the device has
 //! a key in the [`DeviceDirectory`] (unknown and revoked devices have none); the sealed envelope opens with that key
@@ -18,11 +18,13 @@
 //!   update progress for rollouts).
 //!
 //! Telemetry and events are de-duplicated by `(device, seq)` with a persisted window per device (see `dedupe.rs`),
-//! and the device's totals (frames processed, …) are updated in the same atomic write as the seq's mark, so they
-//! count each message once. Design: a pure core (`dedupe`, `rollup`, `keys`, [`crate::drift`]) and storage through
-//! the [`Store`] trait; every read-modify-write is a compare-and-swap, so `ingest` may be called from several
-//! threads at once without a lock. Store failures are errors ([`IngestError`]); a message whose handling failed may
-//! be redelivered safely.
+//! and the device's totals (frames processed, …) are updated with the seq's mark, so they count each message once.
+//! Design: a pure core (`dedupe`, `rollup`, `keys`, [`crate::drift`]) and storage through the [`Store`] trait. The
+//! per-window state (de-duplication window and totals, roll-ups, raw windows) lives in memory under per-device
+//! locks and is written behind, one atomic batch per flush (`hot.rs`); statuses and events are written as they
+//! come, each read-modify-write a compare-and-swap. So `ingest` may be called from several threads at once, and
+//! every query first writes what is in memory, so it sees every message ingested before it. Store failures are
+//! errors ([`IngestError`]); a message whose handling failed may be redelivered safely.
 
 mod compact;
 mod config;
@@ -32,6 +34,7 @@ mod directory;
 mod drift_book;
 mod error;
 mod events;
+mod hot;
 mod keys;
 mod record;
 mod rollup;
@@ -59,6 +62,8 @@ pub use directory::{DeviceDirectory, MasterKeyDirectory, Tags};
 pub use drift_book::StoredAlert;
 pub use error::{DropReason, IngestError};
 pub use events::StoredEvent;
+/// The stable hash that spreads devices over shards here and over the service's workers.
+pub(crate) use keys::fnv1a;
 /// The millisecond a window is keyed under (its start), which is what a [`TimeRange`] compares.
 pub(crate) use keys::ms as key_ms;
 pub use rollup::{MAX_CLASSES, OTHER_CLASSES, RolledLatency, Rollup};
@@ -67,6 +72,7 @@ pub use series::{Aggregate, AggregateFilter, HourlyRollup, StoredWindow, TimeRan
 use crate::drift::{DriftAlert, DriftGroup, DriftStatus, Sample};
 use drift_book::DriftBook;
 use error::DropCounters;
+use hot::Hot;
 
 // The store's trees.
 pub(crate) const WINDOWS: &str = "ingest/windows";
@@ -128,6 +134,7 @@ pub struct Ingest {
     drops: DropCounters,
     stored: AtomicU64,
     drift: DriftBook,
+    hot: Hot,
 }
 
 impl Ingest {
@@ -139,7 +146,8 @@ impl Ingest {
     ) -> Result<Ingest, IngestError> {
         config.validate()?;
         let drift = DriftBook::load(store.clone(), config.drift.clone())?;
-        Ok(Ingest { store, directory, config, drops: DropCounters::default(), stored: AtomicU64::new(0), drift })
+        let hot = Hot::new(config.dedupe_window);
+        Ok(Ingest { store, directory, config, drops: DropCounters::default(), stored: AtomicU64::new(0), drift, hot })
     }
 
     pub fn config(&self) -> &IngestConfig {
@@ -240,15 +248,15 @@ impl Ingest {
             Err(dropped) => return Ok(dropped),
         };
         let seq = message.seq;
-        let width = self.config.dedupe_window;
-        let seen = devices::check(self.store.as_ref(), &device, seq, width)?;
+        let store = self.store.as_ref();
+        let seen = self.hot.check(store, &device, seq)?;
         if seen != Seen::New {
             return Ok(self.not_new(device, seq, seen));
         }
         match message.body {
             TelemetryBody::Window(window) => self.window(device, seq, window, received_at),
             TelemetryBody::Frames(batch) => {
-                let (seen, _) = devices::mark(self.store.as_ref(), &device, seq, received_at, width, |t| {
+                let (seen, _) = self.hot.mark(store, &device, seq, received_at, |t| {
                     t.totals.frame_batches = t.totals.frame_batches.saturating_add(1);
                 })?;
                 if seen != Seen::New {
@@ -271,10 +279,7 @@ impl Ingest {
             let detail = format_args!("window ends at {} but arrived at {received_at}", window.end);
             return Ok(self.drop(Some(device), DropReason::FutureWindow, &detail));
         }
-        let store = self.store.as_ref();
-        series::store_window(store, &device, seq, &window, received_at)?;
-        let width = self.config.dedupe_window;
-        let (seen, _) = devices::mark(store, &device, seq, received_at, width, |t| t.totals.add_window(&window))?;
+        let seen = self.hot.window(self.store.as_ref(), &device, seq, &window, received_at)?;
         if seen != Seen::New {
             return Ok(self.not_new(device, seq, seen));
         }
@@ -291,15 +296,16 @@ impl Ingest {
             Err(dropped) => return Ok(dropped),
         };
         let seq = message.seq;
-        let width = self.config.dedupe_window;
         let store = self.store.as_ref();
-        let seen = devices::check(store, &device, seq, width)?;
+        let seen = self.hot.check(store, &device, seq)?;
         if seen != Seen::New {
             return Ok(self.not_new(device, seq, seen));
         }
+        // The event is written before its seq is marked (the mark is written with the next flush): after a crash
+        // in between, a redelivery writes the same key again.
         let stored = StoredEvent { device: device.clone(), seq, received_at, event: message };
         events::put(store, &stored)?;
-        let (seen, tally) = devices::mark(store, &device, seq, received_at, width, |t| {
+        let (seen, tally) = self.hot.mark(store, &device, seq, received_at, |t| {
             t.totals.events = t.totals.events.saturating_add(1);
             t.event_log_len = t.event_log_len.saturating_add(1);
         })?;
@@ -309,15 +315,22 @@ impl Ingest {
         let cap = u64::from(self.config.event_log);
         if tally.event_log_len > cap {
             let removed = events::trim(store, &device, tally.event_log_len - cap)?;
-            devices::trimmed(store, &device, removed)?;
+            self.hot.trimmed(store, &device, removed)?;
         }
         Ok(self.accepted(device, Outcome::Event(Box::new(stored)), Vec::new()))
     }
 
-    /// Makes everything stored so far durable, drift trackers included.
+    /// Writes what was ingested since the last flush and makes everything durable, drift trackers included.
     pub fn flush(&self) -> Result<(), IngestError> {
+        self.hot.flush(self.store.as_ref())?;
         self.drift.persist()?;
         Ok(self.store.flush()?)
+    }
+
+    /// Writes what is in memory, for a query to see every message ingested before it.
+    fn written(&self) -> Result<&dyn Store, IngestError> {
+        self.hot.flush(self.store.as_ref())?;
+        Ok(self.store.as_ref())
     }
 
     /// Deletes what is past retention (raw windows, roll-ups, alerts, idle drift trackers), persists the drift
@@ -325,7 +338,7 @@ impl Ingest {
     pub fn compact(&self, now: OffsetDateTime) -> Result<CompactReport, IngestError> {
         let (raw_cut, rollup_cut) = compact::cutoffs(now, self.config.raw_days, self.config.rollup_days);
         let mut report = CompactReport::default();
-        compact::series(self.store.as_ref(), raw_cut, rollup_cut, &mut report)?;
+        compact::series(self.written()?, &self.hot, raw_cut, rollup_cut, &mut report)?;
         let (forgotten, alerts) = self.drift.compact(now, u64::from(self.config.alerts_kept), keys::at(rollup_cut))?;
         report.trackers_forgotten = forgotten;
         report.alerts_deleted = alerts;
@@ -353,12 +366,13 @@ impl Ingest {
 
     /// One device: state, last status, last seen, totals (frames processed, …). `None` if it never sent anything.
     pub fn device(&self, device: &DeviceId) -> Result<Option<DeviceView>, IngestError> {
-        devices::one(self.store.as_ref(), device)
+        // The rollout engine asks on every status message: the tally in memory answers, without a flush.
+        devices::one(self.store.as_ref(), device, self.hot.tally(device))
     }
 
     /// Devices in id order, after `after`, at most `limit`.
     pub fn devices(&self, after: Option<&DeviceId>, limit: usize) -> Result<Vec<DeviceView>, IngestError> {
-        devices::list(self.store.as_ref(), after, limit)
+        devices::list(self.written()?, after, limit)
     }
 
     /// Raw window summaries of a device and model version starting in the range, oldest first, at most `limit`.
@@ -369,7 +383,7 @@ impl Ingest {
         range: TimeRange,
         limit: usize,
     ) -> Result<Vec<StoredWindow>, IngestError> {
-        series::windows(self.store.as_ref(), device, model, range, limit)
+        series::windows(self.written()?, device, model, range, limit)
     }
 
     /// Hourly roll-ups of a device and model version (hours starting in `[hour of from, to)`).
@@ -379,22 +393,22 @@ impl Ingest {
         model: &ModelRef,
         range: TimeRange,
     ) -> Result<Vec<HourlyRollup>, IngestError> {
-        series::hourly(self.store.as_ref(), device, model, range)
+        series::hourly(self.written()?, device, model, range)
     }
 
     /// One device and model version summed over the range (whole hours from roll-ups, the edges from raw windows).
     pub fn summary(&self, device: &DeviceId, model: &ModelRef, range: TimeRange) -> Result<Rollup, IngestError> {
-        series::sum(self.store.as_ref(), device, model, range)
+        series::sum(self.written()?, device, model, range)
     }
 
     /// Per model version, everything the matching devices reported over the range.
     pub fn aggregate(&self, range: TimeRange, filter: &AggregateFilter) -> Result<Vec<Aggregate>, IngestError> {
-        series::aggregate(self.store.as_ref(), self.directory.as_ref(), range, filter)
+        series::aggregate(self.written()?, self.directory.as_ref(), range, filter)
     }
 
     /// A device's events with a seq above `after`, oldest first, at most `limit`.
     pub fn events(&self, device: &DeviceId, after: Option<u64>, limit: usize) -> Result<Vec<StoredEvent>, IngestError> {
-        events::list(self.store.as_ref(), device, after, limit)
+        events::list(self.written()?, device, after, limit)
     }
 
     /// Where drift stands per (model version, group), for one version or all.
@@ -411,5 +425,14 @@ impl Ingest {
     /// baseline learned from its first windows.
     pub fn set_drift_reference(&self, model: &ModelRef, reference: &ConfidenceBaseline) -> Result<(), IngestError> {
         self.drift.set_reference(model, reference)
+    }
+}
+
+impl Drop for Ingest {
+    /// Writes what is still in memory (the service flushes at shutdown; this covers every other owner).
+    fn drop(&mut self) {
+        if let Err(e) = self.hot.flush(self.store.as_ref()) {
+            tracing::warn!(error = %e, "ingest state not written at drop");
+        }
     }
 }

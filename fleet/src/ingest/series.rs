@@ -1,14 +1,15 @@
 //! The time series: raw window summaries per device and model version, their hourly roll-ups, and the queries
 //! over both.
 //!
-//! Layout (see `keys.rs`): raw windows at `device | model | start | seq`, roll-ups at `device | model | hour`, and an
-//! index of series at `model | device`, which aggregates by model version scan and compaction walks.
+//! Layout (see `keys.rs`): raw windows in chunks at `device | model | hour | lowest seq` (a JSON array of the
+//! windows starting in that hour that one flush wrote; stores written before chunks hold single windows at
+//! `device | model | start | seq`, read the same way), roll-ups at `device | model | hour`, and an index of series
+//! at `model | device`, which aggregates by model version scan and compaction walks.
 //!
 //! Design: the hourly roll-up is kept up to date as windows arrive (each window is added to the roll-up of the hour
 //! its `start` falls in), so an aggregate over months reads one record per device and hour and compaction only
-//! deletes. Every write is idempotent, so a message redelivered after a crash between two writes is harmless: the
-//! raw window's key is its seq, and a roll-up remembers the last [`RECENT`] seqs added to it and skips them again
-//! (only the message in flight at a crash can be redelivered after some of its writes landed).
+//! deletes. Windows, roll-ups and the index are written by [`super::hot`], in one atomic batch per flush with the
+//! de-duplication window that counted them; this module reads them.
 
 use std::collections::BTreeMap;
 
@@ -21,13 +22,10 @@ use time::OffsetDateTime;
 use super::directory::{DeviceDirectory, Tags};
 use super::error::IngestError;
 use super::keys::{self, HOUR_MS};
-use super::record::{self, Change};
+use super::record;
 use super::rollup::Rollup;
 use super::{ROLLUPS, SERIES, WINDOWS};
 use crate::drift::DriftGroup;
-
-/// Seqs a roll-up remembers, to add a redelivered window only once.
-const RECENT: usize = 32;
 
 /// A half-open time range `[from, to)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,12 +63,22 @@ pub struct HourlyRollup {
     pub rollup: Rollup,
     /// The hour's raw windows were deleted (older than the raw retention).
     pub raw_expired: bool,
-    /// The last seqs added, so a redelivered window is added once. Cleared when the raw windows expire.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Written by versions that made each window's writes separately, to add a redelivered window once; now
+    /// read and dropped (the atomic flush makes it unneeded).
+    #[serde(default, skip_serializing)]
     recent: Vec<u64>,
 }
 
 impl HourlyRollup {
+    pub(crate) fn new(hour: OffsetDateTime) -> HourlyRollup {
+        HourlyRollup { hour, rollup: Rollup::default(), raw_expired: false, recent: Vec::new() }
+    }
+
+    pub(crate) fn add(&mut self, window: &WindowSummary) {
+        self.rollup.add(window);
+        self.recent.clear();
+    }
+
     /// The hour's raw windows are gone: queries use this roll-up for the hour, and the seqs are no longer needed
     /// (de-duplication itself remembers them).
     pub(crate) fn mark_raw_expired(&mut self) {
@@ -105,43 +113,16 @@ pub struct AggregateFilter {
     pub group: Option<DriftGroup>,
 }
 
-/// Stores one window: the raw record, the index entry, the hour's roll-up.
-pub(crate) fn store_window(
-    store: &dyn Store,
-    device: &DeviceId,
-    seq: u64,
-    window: &WindowSummary,
-    received_at: OffsetDateTime,
-) -> Result<(), IngestError> {
-    let prefix = keys::series(device, &window.model);
-    let start = keys::ms(window.start);
-    let stored = StoredWindow { seq, received_at, window: window.clone() };
-    record::put(store, WINDOWS, &keys::window(&prefix, start, seq), &stored, "window")?;
-    let entry = SeriesEntry { device: device.clone(), model: window.model.clone() };
-    let index = record::encode(&entry, "series")?;
-    // Put-if-absent: the entry never changes once written.
-    store.compare_and_swap(SERIES, &keys::series_index(&window.model, device), None, Some(&index))?;
-    let hour = keys::hour_of(start);
-    record::update(store, ROLLUPS, &keys::timed(&prefix, hour), "rollup", |old: Option<HourlyRollup>| {
-        let mut r = old.unwrap_or_else(|| HourlyRollup {
-            hour: keys::at(hour),
-            rollup: Rollup::default(),
-            raw_expired: false,
-            recent: Vec::new(),
-        });
-        if r.recent.contains(&seq) {
-            return Ok((Change::Keep, ()));
-        }
-        r.rollup.add(window);
-        if r.recent.len() >= RECENT {
-            r.recent.remove(0);
-        }
-        r.recent.push(seq);
-        Ok((Change::Put(r), ()))
-    })
+/// What a raw-window record holds: a chunk, or one window (stores written before chunks).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawRecord {
+    Chunk(Vec<StoredWindow>),
+    One(Box<StoredWindow>),
 }
 
-/// Raw windows of one device and model version whose start lies in the range, oldest first, at most `limit`.
+/// Raw windows of one device and model version whose start lies in the range, oldest first (by start, then seq),
+/// at most `limit`.
 pub(crate) fn windows(
     store: &dyn Store,
     device: &DeviceId,
@@ -151,21 +132,46 @@ pub(crate) fn windows(
 ) -> Result<Vec<StoredWindow>, IngestError> {
     let prefix = keys::series(device, model);
     let (from, to) = range.ms();
-    let mut out = Vec::new();
+    let mut out: Vec<StoredWindow> = Vec::new();
     if from >= to || limit == 0 {
         return Ok(out);
     }
-    record::scan(store, WINDOWS, &prefix, Some(keys::timed(&prefix, from)), |key, value| {
-        if keys::time_after(key, prefix.len()).is_none_or(|t| t >= to) {
+    // Chunks are keyed by their hour, and one hour's windows may lie in several chunks in any order: read whole
+    // hours, and stop at the first hour after the limit was reached.
+    let mut last_hour = None;
+    record::scan(store, WINDOWS, &prefix, Some(keys::timed(&prefix, keys::hour_of(from))), |key, value| {
+        let Some(t) = keys::time_after(key, prefix.len()) else {
+            return Ok(false);
+        };
+        let hour = keys::hour_of(t);
+        if t >= to || (out.len() >= limit && last_hour.is_some_and(|h| h < hour)) {
             return Ok(false);
         }
-        match record::decode::<StoredWindow>(value, "window") {
-            Ok(w) => out.push(w),
-            Err(e) => tracing::warn!(device = %device, error = %e, "skipping an unreadable window"),
+        last_hour = Some(hour);
+        match record::decode::<RawRecord>(value, "window") {
+            Ok(RawRecord::Chunk(chunk)) => out.extend(chunk.into_iter().filter(|w| in_range(w, from, to))),
+            Ok(RawRecord::One(w)) if in_range(&w, from, to) => out.push(*w),
+            Ok(RawRecord::One(_)) => {}
+            Err(e) => tracing::warn!(device = %device, error = %e, "skipping unreadable windows"),
         }
-        Ok(out.len() < limit)
+        Ok(true)
     })?;
+    out.sort_by_key(|w| (keys::ms(w.window.start), w.seq));
+    out.truncate(limit);
     Ok(out)
+}
+
+/// The number of windows in a raw-window record (0 if unreadable).
+pub(crate) fn windows_in(value: &[u8]) -> u64 {
+    match record::decode::<RawRecord>(value, "window") {
+        Ok(RawRecord::Chunk(chunk)) => chunk.len() as u64,
+        Ok(RawRecord::One(_)) => 1,
+        Err(_) => 0,
+    }
+}
+
+fn in_range(w: &StoredWindow, from: i64, to: i64) -> bool {
+    (from..to).contains(&keys::ms(w.window.start))
 }
 
 /// Hourly roll-ups of one device and model version for the hours that start in `[hour of from, to)`.
@@ -260,4 +266,60 @@ pub(crate) fn aggregate(
         agg.rollup.merge(&rollup);
     }
     Ok(out.into_values().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use outpost_common::protocol::{ConfidenceHistogram, Latency};
+
+    use super::*;
+    use crate::load::MemStore;
+
+    const T0: OffsetDateTime = time::macros::datetime!(2026-11-22 10:00 UTC);
+
+    fn stored(seq: u64, minute: i64) -> StoredWindow {
+        let start = T0 + time::Duration::minutes(minute);
+        let window = WindowSummary {
+            start,
+            end: start + time::Duration::minutes(1),
+            camera: "line-1".into(),
+            model: ModelRef { name: "defect".into(), version: 1 },
+            frames: 10,
+            drops: 0,
+            confidence: ConfidenceHistogram::default(),
+            classes: BTreeMap::new(),
+            latency_ms: Latency { p50: 1.0, p95: 2.0, p99: 3.0 },
+            flagged: 0,
+        };
+        StoredWindow { seq, received_at: start, window }
+    }
+
+    #[test]
+    fn chunks_and_single_windows_of_older_stores_read_as_one_ordered_series() {
+        let store = MemStore::default();
+        let device = DeviceId::new("cam-1").expect("id");
+        let model = ModelRef { name: "defect".into(), version: 1 };
+        let prefix = keys::series(&device, &model);
+        let hour = keys::ms(T0);
+        // An older store's single windows, at their start.
+        for w in [stored(1, 5), stored(2, 65)] {
+            let key = keys::window(&prefix, keys::ms(w.window.start), w.seq);
+            store.put(WINDOWS, &key, &record::encode(&w, "window").expect("encodes")).expect("put");
+        }
+        // Chunks of the first hour, out of order within and across them (a replay after an outage).
+        let chunk = |windows: &[StoredWindow]| record::encode(&windows, "window").expect("encodes");
+        store.put(WINDOWS, &keys::window(&prefix, hour, 3), &chunk(&[stored(4, 30), stored(3, 2)])).expect("put");
+        store.put(WINDOWS, &keys::window(&prefix, hour, 5), &chunk(&[stored(5, 1)])).expect("put");
+        store.put(WINDOWS, &keys::window(&prefix, hour + HOUR_MS, 6), &chunk(&[stored(6, 61)])).expect("put");
+        let read = |from: i64, to: i64, limit: usize| {
+            let range = TimeRange::new(T0 + time::Duration::minutes(from), T0 + time::Duration::minutes(to));
+            windows(&store, &device, &model, range, limit).expect("reads").iter().map(|w| w.seq).collect::<Vec<_>>()
+        };
+        assert_eq!(read(0, 120, 100), [5, 3, 1, 4, 6, 2], "by start");
+        assert_eq!(read(2, 62, 100), [3, 1, 4, 6], "the range cuts inside chunks");
+        assert_eq!(read(0, 120, 2), [5, 3], "the limit takes the earliest");
+        assert_eq!(read(64, 120, 1), [2]);
+        assert_eq!(read(120, 180, 10), Vec::<u64>::new());
+        assert_eq!(windows_in(&chunk(&[stored(7, 0), stored(8, 0)])), 2);
+    }
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Mutex;
 
-use outpost_common::store::{Entry, Store, StoreError};
+use outpost_common::store::{Entry, Store, StoreError, Write};
 
 type Tree = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -85,6 +85,19 @@ impl Store for MemStore {
             _ => Bound::Included(prefix.to_vec()),
         };
         Ok(self.with(tree, |t| range(t, start, prefix, limit)))
+    }
+
+    /// Atomic: every write happens under the one lock.
+    fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let mut trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
+        for w in writes {
+            let tree = trees.entry(w.tree.to_string()).or_default();
+            match &w.value {
+                Some(v) => tree.insert(w.key.clone(), v.clone()),
+                None => tree.remove(&w.key),
+            };
+        }
+        Ok(())
     }
 }
 

@@ -440,3 +440,51 @@ fn hostile_but_authentic_messages_never_panic() {
     let report = fleet.ingest.compact(t(10)).expect("compacts");
     assert_eq!(report.windows_deleted, 1, "the window from year 0");
 }
+
+/// Set in the child process of the crash test: the store directory it ingests into before it aborts.
+const CRASH_CHILD: &str = "OUTPOST_INGEST_CRASH_STORE";
+
+#[test]
+fn a_crash_loses_only_what_arrived_since_the_last_flush_and_the_store_stays_consistent() {
+    if let Ok(dir) = std::env::var(CRASH_CHILD) {
+        // The child: five windows and an event made durable, three more windows only ingested, then a crash (no
+        // destructor runs, so nothing more is written).
+        let fleet = Fleet::at(std::path::Path::new(&dir), IngestConfig::default());
+        let d = fleet.enroll("cam-1", &[]);
+        for seq in 1..=5 {
+            assert!(stored(&fleet.send(&d, &simple_window(seq, 1, seq as i64), t(10)).outcome));
+        }
+        assert!(stored(&fleet.send(&d, &event(6, t(6)), t(10)).outcome));
+        fleet.ingest.flush().expect("flush");
+        for seq in 7..=9 {
+            assert!(stored(&fleet.send(&d, &simple_window(seq, 1, seq as i64), t(10)).outcome));
+        }
+        std::process::abort();
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let test = "a_crash_loses_only_what_arrived_since_the_last_flush_and_the_store_stays_consistent";
+    let child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([test, "--exact", "--test-threads=1"])
+        .env(CRASH_CHILD, dir.path())
+        .output()
+        .expect("child runs");
+    assert!(!child.status.success(), "the child was to crash: {}", String::from_utf8_lossy(&child.stdout));
+    assert!(String::from_utf8_lossy(&child.stdout).contains("running 1 test"), "the child ran the test");
+
+    // The restarted fleet has the flushed windows, counted once everywhere, and none of the others.
+    let fleet = Fleet::at(dir.path(), IngestConfig::default());
+    let d = fleet.enroll("cam-1", &[]);
+    let counts = |fleet: &Fleet| {
+        let totals = fleet.ingest.device(&d).expect("query").expect("known").totals;
+        let windows = fleet.ingest.windows(&d, &model(1), all_time(), 100).expect("query");
+        let hours = fleet.ingest.hourly(&d, &model(1), all_time()).expect("query");
+        (totals.windows, windows.len() as u64, hours.iter().map(|h| h.rollup.windows).sum::<u64>(), totals.events)
+    };
+    assert_eq!(counts(&fleet), (5, 5, 5, 1));
+    // Redelivered, the lost windows are new and the kept ones (and the event's seq, 6) duplicates.
+    for seq in 1..=9 {
+        let got = fleet.send(&d, &simple_window(seq, 1, seq as i64), t(11));
+        assert_eq!(got.dropped(), (seq <= 6).then_some(DropReason::Duplicate), "seq {seq}");
+    }
+    assert_eq!(counts(&fleet), (8, 8, 8, 1));
+}

@@ -2,6 +2,7 @@
 //! secret, and messages sealed exactly as the agent seals them.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use outpost_common::protocol::auth::{self, DeviceKey, derive_device_key};
@@ -41,7 +42,9 @@ pub fn sealed_with<M: Message>(key: &DeviceKey, device: &DeviceId, message: &M) 
 }
 
 pub struct Fleet {
-    pub dir: tempfile::TempDir,
+    /// The store's directory; removed at drop when it is a temp dir of this fleet's own.
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
     pub directory: Arc<MasterKeyDirectory>,
     pub ingest: Ingest,
     config: IngestConfig,
@@ -49,19 +52,26 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn new(config: IngestConfig) -> Fleet {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut fleet = Fleet::at(tmp.path(), config);
+        fleet._tmp = Some(tmp);
+        fleet
+    }
+
+    /// A fleet on the store in `dir`, which outlives it.
+    pub fn at(dir: &Path, config: IngestConfig) -> Fleet {
         let directory = Arc::new(MasterKeyDirectory::new(MASTER));
-        let ingest = open(&dir, &directory, &config);
-        Fleet { dir, directory, ingest, config }
+        let ingest = open(dir, &directory, &config);
+        Fleet { dir: dir.to_path_buf(), _tmp: None, directory, ingest, config }
     }
 
     /// Stops the fleet (flushes, closes the store) and starts it again on the same store: a fleet restart.
     pub fn restart(self) -> Fleet {
-        let Fleet { dir, directory, ingest, config } = self;
+        let Fleet { dir, _tmp, directory, ingest, config } = self;
         ingest.flush().expect("flush");
         drop(ingest);
         let ingest = open(&dir, &directory, &config);
-        Fleet { dir, directory, ingest, config }
+        Fleet { dir, _tmp, directory, ingest, config }
     }
 
     pub fn enroll(&self, device: &str, tags: &[(&str, &str)]) -> DeviceId {
@@ -81,8 +91,8 @@ impl Fleet {
     }
 }
 
-fn open(dir: &tempfile::TempDir, directory: &Arc<MasterKeyDirectory>, config: &IngestConfig) -> Ingest {
-    let store = SledStore::open(dir.path()).expect("store opens");
+fn open(dir: &Path, directory: &Arc<MasterKeyDirectory>, config: &IngestConfig) -> Ingest {
+    let store = SledStore::open(dir).expect("store opens");
     Ingest::open(store, directory.clone(), config.clone()).expect("ingest opens")
 }
 

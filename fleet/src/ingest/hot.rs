@@ -1,0 +1,636 @@
+//! The ingest's working set: each device's de-duplication window and totals, its series' recent hourly roll-ups
+//! and the windows not yet written, in memory, written behind in one atomic batch per flush.
+//!
+//! Design: a window costs a few in-memory updates under its device's shard lock; the store sees one batch per
+//! [`Hot::flush`], with one record per touched device (its tally), per touched roll-up, and per series and hour (a
+//! chunk of that hour's new raw windows) — instead of four to seven records per window. The batch is applied with
+//! [`Store::apply`], so after a crash a device's tally, roll-ups and raw windows agree: the seqs marked are exactly
+//! the windows stored and the windows the roll-ups count. What a crash loses is what arrived since the last flush,
+//! as before, when sled's own buffer (flushed every 500 ms) held the last writes.
+//!
+//! Invariants:
+//! - this process is the only writer of the tallies, roll-ups, raw windows and series index (one process per sled
+//!   store, which sled enforces); compaction changes them only under the device's shard lock;
+//! - a device's state is read from the store on its first message and is the truth from then on;
+//! - readers call [`Hot::flush`] first, so a query sees every message ingested before it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use outpost_common::protocol::{ModelRef, WindowSummary};
+use outpost_common::store::{Store, Write};
+use outpost_common::topics::DeviceId;
+use time::OffsetDateTime;
+
+use super::dedupe::Seen;
+use super::devices::Tally;
+use super::error::IngestError;
+use super::keys::{self, HOUR_MS};
+use super::record;
+use super::series::{HourlyRollup, SeriesEntry};
+use super::{ROLLUPS, SERIES, TALLIES, WINDOWS};
+
+/// Shards of the device map: workers on different devices rarely share a lock.
+const SHARDS: usize = 64;
+/// Windows held in memory before the ingest call that adds one more flushes them itself (when the service's
+/// periodic flush falls behind, or no service runs one).
+pub(crate) const MAX_PENDING: usize = 16_384;
+/// Roll-ups older than the newest hour of their series by more than this stay cached only while dirty.
+const CACHED_HOURS: i64 = 2;
+
+/// One series (device and model version) in memory.
+#[derive(Debug)]
+pub(crate) struct SeriesHot {
+    pub(crate) model: ModelRef,
+    prefix: Vec<u8>,
+    /// The index entry is in the store (or in the batch being written).
+    indexed: bool,
+    /// Windows not written yet, by the hour they start in.
+    windows: BTreeMap<i64, Chunk>,
+    /// Recent roll-ups by hour, with the device version of their last change while not written since.
+    rollups: BTreeMap<i64, (HourlyRollup, Dirty)>,
+}
+
+/// `Some(version)`: changed at that device version and not written since.
+type Dirty = Option<u64>;
+
+/// Windows of one series and hour waiting to be written, already encoded: the elements of a JSON array of
+/// [`StoredWindow`](super::series::StoredWindow)s, comma-separated (encoding them as they come keeps one buffer per chunk instead of a copy of
+/// each window's strings and maps).
+#[derive(Debug)]
+struct Chunk {
+    lowest_seq: u64,
+    count: usize,
+    elements: Vec<u8>,
+}
+
+impl Chunk {
+    fn push(&mut self, seq: u64, element: &[u8]) {
+        if !self.elements.is_empty() {
+            self.elements.push(b',');
+        }
+        self.elements.extend_from_slice(element);
+        self.lowest_seq = self.lowest_seq.min(seq);
+        self.count += 1;
+    }
+
+    /// Adds a chunk taken out earlier (a failed flush) back in front of this one.
+    fn merge(&mut self, mut earlier: Chunk) {
+        if !self.elements.is_empty() && !earlier.elements.is_empty() {
+            earlier.elements.push(b',');
+        }
+        earlier.elements.append(&mut self.elements);
+        self.elements = earlier.elements;
+        self.lowest_seq = self.lowest_seq.min(earlier.lowest_seq);
+        self.count += earlier.count;
+    }
+
+    fn record(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.elements.len() + 2);
+        out.push(b'[');
+        out.extend_from_slice(&self.elements);
+        out.push(b']');
+        out
+    }
+}
+
+/// A [`StoredWindow`](super::series::StoredWindow) as written, borrowing the window.
+#[derive(serde::Serialize)]
+struct StoredWindowRef<'a> {
+    seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    received_at: OffsetDateTime,
+    window: &'a WindowSummary,
+}
+
+impl SeriesHot {
+    /// Whether the series holds anything not in the store yet (compaction must not drop its index entry).
+    pub(crate) fn has_unwritten(&self) -> bool {
+        !self.windows.is_empty() || self.rollups.values().any(|(_, dirty)| dirty.is_some())
+    }
+
+    /// Marks the cached roll-ups of hours before `cut` as having lost their raw windows (compaction does the same
+    /// to the stored ones); they are written with the next flush.
+    pub(crate) fn mark_raw_expired_before(&mut self, cut: i64, version: u64) {
+        for (rollup, dirty) in self.rollups.range_mut(..cut).map(|(_, r)| r) {
+            if !rollup.raw_expired {
+                rollup.mark_raw_expired();
+                *dirty = Some(version);
+            }
+        }
+    }
+
+    pub(crate) fn forget_rollups_before(&mut self, cut: i64) {
+        self.rollups = self.rollups.split_off(&cut);
+    }
+
+    /// The index entry was deleted: the next window writes it again.
+    pub(crate) fn unindexed(&mut self) {
+        self.indexed = false;
+    }
+}
+
+/// One device in memory.
+#[derive(Debug)]
+pub(crate) struct DeviceHot {
+    tally: Tally,
+    tally_dirty: Dirty,
+    series: Vec<SeriesHot>,
+    /// Bumped by every change: what a flush wrote is clean only if it did not change again since.
+    version: u64,
+}
+
+impl DeviceHot {
+    pub(crate) fn series_mut(&mut self, model: &ModelRef) -> Option<&mut SeriesHot> {
+        self.series.iter_mut().find(|s| &s.model == model)
+    }
+
+    /// A new version for a change.
+    pub(crate) fn change(&mut self) -> u64 {
+        self.version += 1;
+        self.version
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    devices: HashMap<DeviceId, DeviceHot>,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub(crate) struct Hot {
+    shards: Vec<Mutex<Shard>>,
+    /// One flush at a time: a reader's flush waits for one in progress, then writes the rest.
+    flushing: Mutex<()>,
+    pending: AtomicUsize,
+    width: u32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hot {
+    pub(crate) fn new(dedupe_width: u32) -> Hot {
+        Hot {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            flushing: Mutex::new(()),
+            pending: AtomicUsize::new(0),
+            width: dedupe_width,
+        }
+    }
+
+    fn shard(&self, device: &DeviceId) -> &Mutex<Shard> {
+        &self.shards[(keys::fnv1a(device.as_str().as_bytes()) % SHARDS as u64) as usize]
+    }
+
+    /// Runs `f` on the device's state (read from the store on first use) under its shard lock.
+    fn with<R>(
+        &self,
+        store: &dyn Store,
+        device: &DeviceId,
+        f: impl FnOnce(&mut DeviceHot) -> Result<R, IngestError>,
+    ) -> Result<R, IngestError> {
+        let mut shard = lock(self.shard(device));
+        if !shard.devices.contains_key(device) {
+            let stored: Option<Tally> = record::get(store, TALLIES, &keys::device(device), "tally")?;
+            let mut tally = stored.unwrap_or_else(|| Tally::new(self.width));
+            tally.seqs.resize(self.width);
+            shard
+                .devices
+                .insert(device.clone(), DeviceHot { tally, tally_dirty: None, series: Vec::new(), version: 0 });
+        }
+        let Some(hot) = shard.devices.get_mut(device) else { unreachable!("inserted above under the same lock") };
+        f(hot)
+    }
+
+    /// Runs `f` on the device's state if it is in memory, under its shard lock (for compaction).
+    pub(crate) fn locked<R>(&self, device: &DeviceId, f: impl FnOnce(Option<&mut DeviceHot>) -> R) -> R {
+        let mut shard = lock(self.shard(device));
+        f(shard.devices.get_mut(device))
+    }
+
+    /// The device's tally if it is in memory (the truth then; otherwise the stored one is).
+    pub(crate) fn tally(&self, device: &DeviceId) -> Option<Tally> {
+        lock(self.shard(device)).devices.get(device).map(|hot| hot.tally.clone())
+    }
+
+    /// What the de-duplication window says about `seq` now.
+    pub(crate) fn check(&self, store: &dyn Store, device: &DeviceId, seq: u64) -> Result<Seen, IngestError> {
+        self.with(store, device, |hot| Ok(hot.tally.seqs.check(seq)))
+    }
+
+    /// Marks `seq` and applies `count` to the device's tally, once: `Seen::New` and the tally go only to the caller
+    /// that marked it.
+    pub(crate) fn mark(
+        &self,
+        store: &dyn Store,
+        device: &DeviceId,
+        seq: u64,
+        received_at: OffsetDateTime,
+        count: impl FnOnce(&mut Tally),
+    ) -> Result<(Seen, Tally), IngestError> {
+        self.with(store, device, |hot| {
+            let seen = hot.tally.seqs.mark(seq);
+            if seen == Seen::New {
+                hot.tally.last_seen = Some(hot.tally.last_seen.map_or(received_at, |t| t.max(received_at)));
+                count(&mut hot.tally);
+                hot.tally_dirty = Some(hot.change());
+            }
+            Ok((seen, hot.tally.clone()))
+        })
+    }
+
+    /// Marks `seq` and, if it is new, counts the window in the device's totals, adds it to its hour's roll-up and
+    /// keeps it to be written. Returns what the seq was. With [`MAX_PENDING`] windows unwritten it flushes first,
+    /// and while the store fails it refuses the window (an error, nothing marked): memory stays bounded.
+    pub(crate) fn window(
+        &self,
+        store: &dyn Store,
+        device: &DeviceId,
+        seq: u64,
+        window: &WindowSummary,
+        received_at: OffsetDateTime,
+    ) -> Result<Seen, IngestError> {
+        if self.pending.load(Ordering::Relaxed) >= MAX_PENDING {
+            self.flush(store)?;
+        }
+        let element = record::encode(&StoredWindowRef { seq, received_at, window }, "window")?;
+        let seen = self.with(store, device, |hot| {
+            let seen = hot.tally.seqs.check(seq);
+            if seen != Seen::New {
+                return Ok(seen);
+            }
+            let version = hot.change();
+            let hour = keys::hour_of(keys::ms(window.start));
+            let position = match hot.series.iter().position(|s| s.model == window.model) {
+                Some(p) => p,
+                None => {
+                    let prefix = keys::series(device, &window.model);
+                    let index = keys::series_index(&window.model, device);
+                    let indexed = store.get(SERIES, &index)?.is_some();
+                    hot.series.push(SeriesHot {
+                        model: window.model.clone(),
+                        prefix,
+                        indexed,
+                        windows: BTreeMap::new(),
+                        rollups: BTreeMap::new(),
+                    });
+                    hot.series.len() - 1
+                }
+            };
+            let series = &mut hot.series[position];
+            if !series.rollups.contains_key(&hour) {
+                let stored: Option<HourlyRollup> =
+                    record::get(store, ROLLUPS, &keys::timed(&series.prefix, hour), "rollup")?;
+                let rollup = stored.unwrap_or_else(|| HourlyRollup::new(keys::at(hour)));
+                series.rollups.insert(hour, (rollup, None));
+            }
+            if let Some((rollup, dirty)) = series.rollups.get_mut(&hour) {
+                rollup.add(window);
+                *dirty = Some(version);
+            }
+            series
+                .windows
+                .entry(hour)
+                .or_insert_with(|| Chunk { lowest_seq: seq, count: 0, elements: Vec::new() })
+                .push(seq, &element);
+            hot.tally.seqs.mark(seq);
+            hot.tally.last_seen = Some(hot.tally.last_seen.map_or(received_at, |t| t.max(received_at)));
+            hot.tally.totals.add_window(window);
+            hot.tally_dirty = Some(version);
+            Ok(Seen::New)
+        })?;
+        if seen == Seen::New {
+            self.pending.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(seen)
+    }
+
+    /// Lowers the device's event-log length after `removed` events were trimmed.
+    pub(crate) fn trimmed(&self, store: &dyn Store, device: &DeviceId, removed: u64) -> Result<(), IngestError> {
+        self.with(store, device, |hot| {
+            hot.tally.event_log_len = hot.tally.event_log_len.saturating_sub(removed);
+            hot.tally_dirty = Some(hot.change());
+            Ok(())
+        })
+    }
+
+    /// Writes everything changed since the last flush in one atomic batch. On failure nothing is lost: what was
+    /// taken out to be written goes back and is written by the next flush.
+    pub(crate) fn flush(&self, store: &dyn Store) -> Result<(), IngestError> {
+        let _one = lock(&self.flushing);
+        let mut batch = Vec::new();
+        // Per device: the version written, and what was taken out of memory (to put back on failure).
+        let mut taken: Vec<(usize, DeviceId, u64, Taken)> = Vec::new();
+        for (index, shard) in self.shards.iter().enumerate() {
+            let mut shard = lock(shard);
+            for (id, hot) in shard.devices.iter_mut() {
+                let before = batch.len();
+                let windows = drain(id, hot, &mut batch)?;
+                if batch.len() > before {
+                    taken.push((index, id.clone(), hot.version, windows));
+                }
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let written: usize =
+            taken.iter().flat_map(|t| &t.3.windows).flat_map(|(_, c)| c.values()).map(|c| c.count).sum();
+        match store.apply(&batch) {
+            Ok(()) => {
+                let _ = self
+                    .pending
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| Some(p.saturating_sub(written)));
+                for (index, id, version, _) in taken {
+                    let mut shard = lock(&self.shards[index]);
+                    if let Some(hot) = shard.devices.get_mut(&id) {
+                        written_up_to(hot, version);
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                for (index, id, _, taken) in taken {
+                    let mut shard = lock(&self.shards[index]);
+                    if let Some(hot) = shard.devices.get_mut(&id) {
+                        put_back(hot, taken);
+                    }
+                }
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// What a flush took out of a device's memory: put back if the batch fails.
+#[derive(Debug, Default)]
+struct Taken {
+    windows: Vec<(ModelRef, BTreeMap<i64, Chunk>)>,
+    indexed: Vec<ModelRef>,
+}
+
+fn put_back(hot: &mut DeviceHot, taken: Taken) {
+    for (model, chunks) in taken.windows {
+        if let Some(series) = hot.series_mut(&model) {
+            for (hour, chunk) in chunks {
+                match series.windows.get_mut(&hour) {
+                    Some(newer) => newer.merge(chunk),
+                    None => {
+                        series.windows.insert(hour, chunk);
+                    }
+                }
+            }
+        }
+    }
+    for model in taken.indexed {
+        if let Some(series) = hot.series_mut(&model) {
+            series.indexed = false;
+        }
+    }
+}
+
+/// Adds a device's changes to the batch: its tally if dirty, its dirty roll-ups, new index entries, and its
+/// pending windows as one chunk per series and hour (keyed by the hour and the chunk's lowest seq, unique since
+/// each seq is stored once). Dirty marks are cleared once the batch is written ([`written_up_to`]).
+fn drain(id: &DeviceId, hot: &mut DeviceHot, batch: &mut Vec<Write>) -> Result<Taken, IngestError> {
+    let mut taken = Taken::default();
+    for series in &mut hot.series {
+        if !series.indexed && series.has_unwritten() {
+            let entry = SeriesEntry { device: id.clone(), model: series.model.clone() };
+            batch.push(put(SERIES, keys::series_index(&series.model, id), record::encode(&entry, "series")?));
+            series.indexed = true;
+            taken.indexed.push(series.model.clone());
+        }
+        for (hour, (rollup, dirty)) in &series.rollups {
+            if dirty.is_some() {
+                batch.push(put(ROLLUPS, keys::timed(&series.prefix, *hour), record::encode(rollup, "rollup")?));
+            }
+        }
+        if series.windows.is_empty() {
+            continue;
+        }
+        let chunks = std::mem::take(&mut series.windows);
+        for (hour, chunk) in &chunks {
+            batch.push(put(WINDOWS, keys::window(&series.prefix, *hour, chunk.lowest_seq), chunk.record()));
+        }
+        taken.windows.push((series.model.clone(), chunks));
+    }
+    if hot.tally_dirty.is_some() {
+        batch.push(put(TALLIES, keys::device(id), record::encode(&hot.tally, "tally")?));
+    }
+    Ok(taken)
+}
+
+/// After a batch with the device's state at `version` was written: clears the marks of what it wrote (a record
+/// changed again since stays marked, for the next flush), and forgets clean roll-ups of hours long past.
+fn written_up_to(hot: &mut DeviceHot, version: u64) {
+    let clean = |dirty: &mut Dirty| {
+        if dirty.is_some_and(|v| v <= version) {
+            *dirty = None;
+        }
+    };
+    for series in &mut hot.series {
+        let newest = series.rollups.keys().next_back().copied().unwrap_or(i64::MIN);
+        series.rollups.retain(|hour, (_, dirty)| {
+            clean(dirty);
+            dirty.is_some() || *hour >= newest.saturating_sub(CACHED_HOURS * HOUR_MS)
+        });
+    }
+    clean(&mut hot.tally_dirty);
+}
+
+fn put(tree: &'static str, key: Vec<u8>, value: Vec<u8>) -> Write {
+    Write { tree, key, value: Some(value) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    use outpost_common::protocol::{ConfidenceHistogram, Latency};
+    use outpost_common::store::{Entry, StoreError};
+
+    use super::*;
+    use crate::ingest::series::{self, TimeRange};
+    use crate::load::MemStore;
+
+    /// A memory store whose batches fail while `failing` is set, like a full disk.
+    #[derive(Debug, Default)]
+    struct Flaky {
+        inner: MemStore,
+        failing: AtomicBool,
+    }
+
+    impl Store for Flaky {
+        fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(tree, key)
+        }
+        fn put(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+            self.inner.put(tree, key, value)
+        }
+        fn remove(&self, tree: &str, key: &[u8]) -> Result<(), StoreError> {
+            self.inner.remove(tree, key)
+        }
+        fn scan(&self, tree: &str, after: Option<&[u8]>, limit: usize) -> Result<Vec<Entry>, StoreError> {
+            self.inner.scan(tree, after, limit)
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            self.inner.flush()
+        }
+        fn compare_and_swap(
+            &self,
+            tree: &str,
+            key: &[u8],
+            old: Option<&[u8]>,
+            new: Option<&[u8]>,
+        ) -> Result<bool, StoreError> {
+            self.inner.compare_and_swap(tree, key, old, new)
+        }
+        fn scan_prefix(
+            &self,
+            tree: &str,
+            prefix: &[u8],
+            after: Option<&[u8]>,
+            limit: usize,
+        ) -> Result<Vec<Entry>, StoreError> {
+            self.inner.scan_prefix(tree, prefix, after, limit)
+        }
+        fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+            if self.failing.load(Ordering::Relaxed) {
+                return Err(StoreError::Io("no space left on device".into()));
+            }
+            self.inner.apply(writes)
+        }
+    }
+
+    const T0: OffsetDateTime = time::macros::datetime!(2026-11-22 10:00 UTC);
+
+    fn device() -> DeviceId {
+        DeviceId::new("cam-1").expect("id")
+    }
+
+    fn model() -> ModelRef {
+        ModelRef { name: "defect".into(), version: 1 }
+    }
+
+    /// A 10-frame window starting `secs` after `T0`.
+    fn window(secs: i64) -> WindowSummary {
+        let mut confidence = ConfidenceHistogram::default();
+        confidence.add(0.9);
+        WindowSummary {
+            start: T0 + time::Duration::seconds(secs),
+            end: T0 + time::Duration::seconds(secs + 10),
+            camera: "line-1".into(),
+            model: model(),
+            frames: 10,
+            drops: 0,
+            confidence,
+            classes: BTreeMap::new(),
+            latency_ms: Latency { p50: 1.0, p95: 2.0, p99: 3.0 },
+            flagged: 1,
+        }
+    }
+
+    fn stored_tally(store: &dyn Store) -> Option<Tally> {
+        record::get(store, TALLIES, &keys::device(&device()), "tally").expect("readable")
+    }
+
+    fn all_windows(store: &dyn Store) -> Vec<u64> {
+        let range = TimeRange::new(T0 - time::Duration::days(1), T0 + time::Duration::days(1));
+        let windows = series::windows(store, &device(), &model(), range, usize::MAX).expect("readable");
+        windows.iter().map(|w| w.seq).collect()
+    }
+
+    #[test]
+    fn nothing_reaches_the_store_before_a_flush_and_everything_in_one_batch_after() {
+        let store = Arc::new(Flaky::default());
+        let hot = Hot::new(128);
+        // Two hours: two chunks. Seq 3 arrives twice.
+        for (seq, secs) in [(1, 0), (2, 10), (3, 3600), (3, 3600)] {
+            hot.window(store.as_ref(), &device(), seq, &window(secs), T0).expect("taken");
+        }
+        assert_eq!((stored_tally(store.as_ref()), all_windows(store.as_ref())), (None, vec![]));
+        hot.flush(store.as_ref()).expect("written");
+        let tally = stored_tally(store.as_ref()).expect("written");
+        assert_eq!((tally.totals.windows, tally.totals.frames), (3, 30));
+        assert_eq!(all_windows(store.as_ref()), [1, 2, 3]);
+        let chunks = store.scan_prefix(WINDOWS, &keys::series(&device(), &model()), None, 10).expect("scan");
+        assert_eq!(chunks.len(), 2, "one record per hour");
+        // A second flush has nothing to write; the next window makes a new chunk of its hour.
+        hot.flush(store.as_ref()).expect("nothing to write");
+        hot.window(store.as_ref(), &device(), 4, &window(20), T0).expect("taken");
+        hot.flush(store.as_ref()).expect("written");
+        assert_eq!(all_windows(store.as_ref()), [1, 2, 4, 3]);
+    }
+
+    #[test]
+    fn a_failed_flush_loses_nothing_and_a_failing_store_bounds_what_is_held() {
+        let store = Arc::new(Flaky::default());
+        let hot = Hot::new(128);
+        hot.window(store.as_ref(), &device(), 1, &window(0), T0).expect("taken");
+        store.failing.store(true, Ordering::Relaxed);
+        assert!(hot.flush(store.as_ref()).is_err());
+        // Windows keep coming while the disk is full, into the same hour's chunk.
+        hot.window(store.as_ref(), &device(), 2, &window(10), T0).expect("taken");
+        assert!(hot.flush(store.as_ref()).is_err());
+        assert_eq!(all_windows(store.as_ref()), Vec::<u64>::new());
+        // Once the limit is held, a window is refused with the store's error and is not marked.
+        let mut seq = 3;
+        while hot.pending.load(Ordering::Relaxed) < MAX_PENDING {
+            hot.window(store.as_ref(), &device(), seq, &window(10), T0).expect("taken");
+            seq += 1;
+        }
+        let refused = hot.window(store.as_ref(), &device(), seq, &window(10), T0);
+        assert!(matches!(refused, Err(IngestError::Store(_))), "{refused:?}");
+        assert_eq!(hot.check(store.as_ref(), &device(), seq).expect("check"), Seen::New, "not marked");
+        // The disk has room again: everything taken is written, once, and the refused window can come again.
+        store.failing.store(false, Ordering::Relaxed);
+        assert_eq!(hot.window(store.as_ref(), &device(), seq, &window(10), T0).expect("taken"), Seen::New);
+        hot.flush(store.as_ref()).expect("written");
+        let seqs = all_windows(store.as_ref());
+        assert_eq!(seqs.len() as u64, seq);
+        assert_eq!(seqs[..2], [1, 2]);
+        let tally = stored_tally(store.as_ref()).expect("written");
+        assert_eq!(tally.totals.windows, seq);
+        let rollup: HourlyRollup = record::get(
+            store.as_ref(),
+            ROLLUPS,
+            &keys::timed(&keys::series(&device(), &model()), keys::ms(T0)),
+            "rollup",
+        )
+        .expect("readable")
+        .expect("written");
+        assert_eq!(rollup.rollup.windows, seq, "the roll-up counted each window once");
+        assert_eq!(hot.pending.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_device_changed_while_its_batch_was_written_keeps_the_change_for_the_next_flush() {
+        let store = Arc::new(Flaky::default());
+        let hot = Hot::new(128);
+        hot.window(store.as_ref(), &device(), 1, &window(0), T0).expect("taken");
+        // What a flush does, with a window arriving between taking the batch and clearing its marks.
+        let mut batch = Vec::new();
+        let version = {
+            let mut shard = lock(hot.shard(&device()));
+            let hot = shard.devices.get_mut(&device()).expect("in memory");
+            drain(&device(), hot, &mut batch).expect("drained");
+            hot.version
+        };
+        hot.window(store.as_ref(), &device(), 2, &window(10), T0).expect("taken");
+        store.apply(&batch).expect("written");
+        {
+            let mut shard = lock(hot.shard(&device()));
+            written_up_to(shard.devices.get_mut(&device()).expect("in memory"), version);
+        }
+        assert_eq!(stored_tally(store.as_ref()).expect("written").totals.windows, 1);
+        hot.flush(store.as_ref()).expect("written");
+        assert_eq!(stored_tally(store.as_ref()).expect("written").totals.windows, 2, "the tally was still dirty");
+        assert_eq!(all_windows(store.as_ref()), [1, 2]);
+    }
+}
