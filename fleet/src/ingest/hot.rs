@@ -194,16 +194,14 @@ impl Hot {
         f: impl FnOnce(&mut DeviceHot) -> Result<R, IngestError>,
     ) -> Result<R, IngestError> {
         let mut shard = lock(self.shard(device));
-        if !shard.devices.contains_key(device) {
-            let stored: Option<Tally> = record::get(store, TALLIES, &keys::device(device), "tally")?;
-            let mut tally = stored.unwrap_or_else(|| Tally::new(self.width));
-            tally.seqs.resize(self.width);
-            shard
-                .devices
-                .insert(device.clone(), DeviceHot { tally, tally_dirty: None, series: Vec::new(), version: 0 });
+        if let Some(hot) = shard.devices.get_mut(device) {
+            return f(hot);
         }
-        let Some(hot) = shard.devices.get_mut(device) else { unreachable!("inserted above under the same lock") };
-        f(hot)
+        let stored: Option<Tally> = record::get(store, TALLIES, &keys::device(device), "tally")?;
+        let mut tally = stored.unwrap_or_else(|| Tally::new(self.width));
+        tally.seqs.resize(self.width);
+        let fresh = DeviceHot { tally, tally_dirty: None, series: Vec::new(), version: 0 };
+        f(shard.devices.entry(device.clone()).or_insert(fresh))
     }
 
     /// Runs `f` on the device's state if it is in memory, under its shard lock (for compaction).
@@ -325,15 +323,24 @@ impl Hot {
         let mut batch = Vec::new();
         // Per device: the version written, and what was taken out of memory (to put back on failure).
         let mut taken: Vec<(usize, DeviceId, u64, Taken)> = Vec::new();
-        for (index, shard) in self.shards.iter().enumerate() {
+        let mut failed = None;
+        'shards: for (index, shard) in self.shards.iter().enumerate() {
             let mut shard = lock(shard);
             for (id, hot) in shard.devices.iter_mut() {
                 let before = batch.len();
-                let windows = drain(id, hot, &mut batch)?;
-                if batch.len() > before {
-                    taken.push((index, id.clone(), hot.version, windows));
+                match drain(id, hot, &mut batch) {
+                    Ok(t) if batch.len() > before => taken.push((index, id.clone(), hot.version, t)),
+                    Ok(_) => {}
+                    Err(e) => {
+                        failed = Some(e);
+                        break 'shards;
+                    }
                 }
             }
+        }
+        if let Some(e) = failed {
+            self.put_back(taken);
+            return Err(e);
         }
         if batch.is_empty() {
             return Ok(());
@@ -354,13 +361,18 @@ impl Hot {
                 Ok(())
             }
             Err(e) => {
-                for (index, id, _, taken) in taken {
-                    let mut shard = lock(&self.shards[index]);
-                    if let Some(hot) = shard.devices.get_mut(&id) {
-                        put_back(hot, taken);
-                    }
-                }
+                self.put_back(taken);
                 Err(e.into())
+            }
+        }
+    }
+
+    /// Returns what a failed flush took out of memory, to be written by the next one.
+    fn put_back(&self, taken: Vec<(usize, DeviceId, u64, Taken)>) {
+        for (index, id, _, taken) in taken {
+            let mut shard = lock(&self.shards[index]);
+            if let Some(hot) = shard.devices.get_mut(&id) {
+                put_back(hot, taken);
             }
         }
     }
@@ -396,32 +408,39 @@ fn put_back(hot: &mut DeviceHot, taken: Taken) {
 /// Adds a device's changes to the batch: its tally if dirty, its dirty roll-ups, new index entries, and its
 /// pending windows as one chunk per series and hour (keyed by the hour and the chunk's lowest seq, unique since
 /// each seq is stored once). Dirty marks are cleared once the batch is written ([`written_up_to`]).
+///
+/// Everything that can fail (encoding) comes first, so a failure leaves the device as it was.
 fn drain(id: &DeviceId, hot: &mut DeviceHot, batch: &mut Vec<Write>) -> Result<Taken, IngestError> {
-    let mut taken = Taken::default();
-    for series in &mut hot.series {
+    let mut writes = Vec::new();
+    for series in &hot.series {
         if !series.indexed && series.has_unwritten() {
             let entry = SeriesEntry { device: id.clone(), model: series.model.clone() };
-            batch.push(put(SERIES, keys::series_index(&series.model, id), record::encode(&entry, "series")?));
-            series.indexed = true;
-            taken.indexed.push(series.model.clone());
+            writes.push(put(SERIES, keys::series_index(&series.model, id), record::encode(&entry, "series")?));
         }
         for (hour, (rollup, dirty)) in &series.rollups {
             if dirty.is_some() {
-                batch.push(put(ROLLUPS, keys::timed(&series.prefix, *hour), record::encode(rollup, "rollup")?));
+                writes.push(put(ROLLUPS, keys::timed(&series.prefix, *hour), record::encode(rollup, "rollup")?));
             }
         }
-        if series.windows.is_empty() {
-            continue;
+    }
+    if hot.tally_dirty.is_some() {
+        writes.push(put(TALLIES, keys::device(id), record::encode(&hot.tally, "tally")?));
+    }
+    let mut taken = Taken::default();
+    for series in &mut hot.series {
+        if !series.indexed && series.has_unwritten() {
+            series.indexed = true;
+            taken.indexed.push(series.model.clone());
         }
         let chunks = std::mem::take(&mut series.windows);
         for (hour, chunk) in &chunks {
-            batch.push(put(WINDOWS, keys::window(&series.prefix, *hour, chunk.lowest_seq), chunk.record()));
+            writes.push(put(WINDOWS, keys::window(&series.prefix, *hour, chunk.lowest_seq), chunk.record()));
         }
-        taken.windows.push((series.model.clone(), chunks));
+        if !chunks.is_empty() {
+            taken.windows.push((series.model.clone(), chunks));
+        }
     }
-    if hot.tally_dirty.is_some() {
-        batch.push(put(TALLIES, keys::device(id), record::encode(&hot.tally, "tally")?));
-    }
+    batch.append(&mut writes);
     Ok(taken)
 }
 
