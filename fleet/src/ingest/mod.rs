@@ -305,7 +305,7 @@ impl Ingest {
         // in between, a redelivery writes the same key again.
         let stored = StoredEvent { device: device.clone(), seq, received_at, event: message };
         events::put(store, &stored)?;
-        let (seen, tally) = self.hot.mark(store, &device, seq, received_at, |t| {
+        let (seen, log_len) = self.hot.mark(store, &device, seq, received_at, |t| {
             t.totals.events = t.totals.events.saturating_add(1);
             t.event_log_len = t.event_log_len.saturating_add(1);
         })?;
@@ -313,8 +313,8 @@ impl Ingest {
             return Ok(self.not_new(device, seq, seen));
         }
         let cap = u64::from(self.config.event_log);
-        if tally.event_log_len > cap {
-            let removed = events::trim(store, &device, tally.event_log_len - cap)?;
+        if log_len > cap {
+            let removed = events::trim(store, &device, log_len - cap)?;
             self.hot.trimmed(store, &device, removed)?;
         }
         Ok(self.accepted(device, Outcome::Event(Box::new(stored)), Vec::new()))

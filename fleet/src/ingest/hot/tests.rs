@@ -1,0 +1,182 @@
+//! The working set against a store that can fail: what a flush writes, when, and what a failure keeps.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use outpost_common::protocol::{ConfidenceHistogram, Latency};
+use outpost_common::store::{Entry, StoreError};
+
+use super::*;
+use crate::ingest::series::{self, TimeRange};
+use crate::load::MemStore;
+
+/// A memory store whose batches fail while `failing` is set, like a full disk.
+#[derive(Debug, Default)]
+struct Flaky {
+    inner: MemStore,
+    failing: AtomicBool,
+}
+
+impl Store for Flaky {
+    fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(tree, key)
+    }
+    fn put(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.inner.put(tree, key, value)
+    }
+    fn remove(&self, tree: &str, key: &[u8]) -> Result<(), StoreError> {
+        self.inner.remove(tree, key)
+    }
+    fn scan(&self, tree: &str, after: Option<&[u8]>, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        self.inner.scan(tree, after, limit)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush()
+    }
+    fn compare_and_swap(
+        &self,
+        tree: &str,
+        key: &[u8],
+        old: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        self.inner.compare_and_swap(tree, key, old, new)
+    }
+    fn scan_prefix(
+        &self,
+        tree: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.inner.scan_prefix(tree, prefix, after, limit)
+    }
+    fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(StoreError::Io("no space left on device".into()));
+        }
+        self.inner.apply(writes)
+    }
+}
+
+const T0: OffsetDateTime = time::macros::datetime!(2026-11-22 10:00 UTC);
+
+fn device() -> DeviceId {
+    DeviceId::new("cam-1").expect("id")
+}
+
+fn model() -> ModelRef {
+    ModelRef { name: "defect".into(), version: 1 }
+}
+
+/// A 10-frame window starting `secs` after `T0`.
+fn window(secs: i64) -> WindowSummary {
+    let mut confidence = ConfidenceHistogram::default();
+    confidence.add(0.9);
+    WindowSummary {
+        start: T0 + time::Duration::seconds(secs),
+        end: T0 + time::Duration::seconds(secs + 10),
+        camera: "line-1".into(),
+        model: model(),
+        frames: 10,
+        drops: 0,
+        confidence,
+        classes: BTreeMap::new(),
+        latency_ms: Latency { p50: 1.0, p95: 2.0, p99: 3.0 },
+        flagged: 1,
+    }
+}
+
+fn stored_tally(store: &dyn Store) -> Option<Tally> {
+    record::get(store, TALLIES, &keys::device(&device()), "tally").expect("readable")
+}
+
+fn all_windows(store: &dyn Store) -> Vec<u64> {
+    let range = TimeRange::new(T0 - time::Duration::days(1), T0 + time::Duration::days(1));
+    let windows = series::windows(store, &device(), &model(), range, usize::MAX).expect("readable");
+    windows.iter().map(|w| w.seq).collect()
+}
+
+#[test]
+fn nothing_reaches_the_store_before_a_flush_and_everything_in_one_batch_after() {
+    let store = Arc::new(Flaky::default());
+    let hot = Hot::new(128);
+    // Two hours: two chunks. Seq 3 arrives twice.
+    for (seq, secs) in [(1, 0), (2, 10), (3, 3600), (3, 3600)] {
+        hot.window(store.as_ref(), &device(), seq, &window(secs), T0).expect("taken");
+    }
+    assert_eq!((stored_tally(store.as_ref()), all_windows(store.as_ref())), (None, vec![]));
+    hot.flush(store.as_ref()).expect("written");
+    let tally = stored_tally(store.as_ref()).expect("written");
+    assert_eq!((tally.totals.windows, tally.totals.frames), (3, 30));
+    assert_eq!(all_windows(store.as_ref()), [1, 2, 3]);
+    let chunks = store.scan_prefix(WINDOWS, &keys::series(&device(), &model()), None, 10).expect("scan");
+    assert_eq!(chunks.len(), 2, "one record per hour");
+    // A second flush has nothing to write; the next window makes a new chunk of its hour.
+    hot.flush(store.as_ref()).expect("nothing to write");
+    hot.window(store.as_ref(), &device(), 4, &window(20), T0).expect("taken");
+    hot.flush(store.as_ref()).expect("written");
+    assert_eq!(all_windows(store.as_ref()), [1, 2, 4, 3]);
+}
+
+#[test]
+fn a_failed_flush_loses_nothing_and_a_failing_store_bounds_what_is_held() {
+    let store = Arc::new(Flaky::default());
+    let hot = Hot::new(128);
+    hot.window(store.as_ref(), &device(), 1, &window(0), T0).expect("taken");
+    store.failing.store(true, Ordering::Relaxed);
+    assert!(hot.flush(store.as_ref()).is_err());
+    // Windows keep coming while the disk is full, into the same hour's chunk.
+    hot.window(store.as_ref(), &device(), 2, &window(10), T0).expect("taken");
+    assert!(hot.flush(store.as_ref()).is_err());
+    assert_eq!(all_windows(store.as_ref()), Vec::<u64>::new());
+    // Once the limit is held, a window is refused with the store's error and is not marked.
+    let mut seq = 3;
+    while hot.pending.load(Ordering::Relaxed) < MAX_PENDING {
+        hot.window(store.as_ref(), &device(), seq, &window(10), T0).expect("taken");
+        seq += 1;
+    }
+    let refused = hot.window(store.as_ref(), &device(), seq, &window(10), T0);
+    assert!(matches!(refused, Err(IngestError::Store(_))), "{refused:?}");
+    assert_eq!(hot.check(store.as_ref(), &device(), seq).expect("check"), Seen::New, "not marked");
+    // The disk has room again: everything taken is written, once, and the refused window can come again.
+    store.failing.store(false, Ordering::Relaxed);
+    assert_eq!(hot.window(store.as_ref(), &device(), seq, &window(10), T0).expect("taken"), Seen::New);
+    hot.flush(store.as_ref()).expect("written");
+    let seqs = all_windows(store.as_ref());
+    assert_eq!(seqs.len() as u64, seq);
+    assert_eq!(seqs[..2], [1, 2]);
+    let tally = stored_tally(store.as_ref()).expect("written");
+    assert_eq!(tally.totals.windows, seq);
+    let rollup: HourlyRollup =
+        record::get(store.as_ref(), ROLLUPS, &keys::timed(&keys::series(&device(), &model()), keys::ms(T0)), "rollup")
+            .expect("readable")
+            .expect("written");
+    assert_eq!(rollup.rollup.windows, seq, "the roll-up counted each window once");
+    assert_eq!(hot.pending.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_device_changed_while_its_batch_was_written_keeps_the_change_for_the_next_flush() {
+    let store = Arc::new(Flaky::default());
+    let hot = Hot::new(128);
+    hot.window(store.as_ref(), &device(), 1, &window(0), T0).expect("taken");
+    // What a flush does, with a window arriving between taking the batch and clearing its marks.
+    let mut batch = Vec::new();
+    let version = {
+        let mut shard = lock(hot.shard(&device()));
+        let hot = shard.devices.get_mut(&device()).expect("in memory");
+        drain(&device(), hot, &mut batch).expect("drained");
+        hot.version
+    };
+    hot.window(store.as_ref(), &device(), 2, &window(10), T0).expect("taken");
+    store.apply(&batch).expect("written");
+    {
+        let mut shard = lock(hot.shard(&device()));
+        written_up_to(shard.devices.get_mut(&device()).expect("in memory"), version);
+    }
+    assert_eq!(stored_tally(store.as_ref()).expect("written").totals.windows, 1);
+    hot.flush(store.as_ref()).expect("written");
+    assert_eq!(stored_tally(store.as_ref()).expect("written").totals.windows, 2, "the tally was still dirty");
+    assert_eq!(all_windows(store.as_ref()), [1, 2]);
+}
