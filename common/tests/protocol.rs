@@ -394,6 +394,41 @@ fn unknown_fields_schemas_caps_and_checks() {
     assert!(matches!(protocol::encode(&huge), Err(ProtocolError::TooLarge { .. })));
 }
 
+/// A telemetry body decodes the same whether `kind` comes first (as every Outpost sender writes it) or anywhere
+/// else, and is refused the same way when it is wrong.
+#[test]
+fn telemetry_bodies_decode_in_any_field_order() {
+    for (message, kind) in [(telemetry_window(), "window"), (telemetry_frames(), "frames")] {
+        let wire = String::from_utf8(protocol::encode(&message).expect("encodes")).expect("utf-8");
+        let tag = format!("\"kind\":\"{kind}\",");
+        assert!(wire.contains(&format!("\"body\":{{{tag}")), "kind is written first: {wire}");
+        let kind_last = format!("{},\"kind\":\"{kind}\"}}}}", wire.replace(&tag, "").trim_end_matches("}}"));
+        let kind_middle = edit(&message, |_| {});
+        for bytes in [wire.as_bytes(), kind_last.as_bytes(), &kind_middle] {
+            let decoded: Telemetry = protocol::decode(bytes).expect("decodes");
+            assert_eq!(decoded, message, "{}", String::from_utf8_lossy(bytes));
+        }
+
+        let with = |extra: &str| wire.replacen(&tag, &format!("{tag}{extra},"), 1).into_bytes();
+        let unknown = |e: &ProtocolError| matches!(e, ProtocolError::UnknownField(m) if m.contains("`gpu`"));
+        check_rejected::<Telemetry>(&with("\"gpu\":true"), unknown);
+        check_rejected::<Telemetry>(kind_last.replace("\"body\":{", "\"body\":{\"gpu\":true,").as_bytes(), unknown);
+        let duplicate = |e: &ProtocolError| matches!(e, ProtocolError::Malformed(m) if m.contains("duplicate field"));
+        check_rejected::<Telemetry>(&with("\"camera\":\"x\",\"camera\":\"y\""), duplicate);
+        let missing =
+            |e: &ProtocolError| matches!(e, ProtocolError::Malformed(m) if m.contains("missing field `kind`"));
+        check_rejected::<Telemetry>(wire.replace(&tag, "").as_bytes(), missing);
+        check_rejected::<Telemetry>(b"{\"schema\":1,\"seq\":1,\"body\":{}}", missing);
+        let malformed = |e: &ProtocolError| matches!(e, ProtocolError::Malformed(_));
+        check_rejected::<Telemetry>(wire.replace(&tag, "\"kind\":7,").as_bytes(), malformed);
+        check_rejected::<Telemetry>(
+            kind_last.replace(&format!("\"kind\":\"{kind}\""), "\"kind\":null").as_bytes(),
+            malformed,
+        );
+        check_rejected::<Telemetry>(b"{\"schema\":1,\"seq\":1,\"body\":[]}", malformed);
+    }
+}
+
 #[test]
 fn frame_batches_reduce_to_the_window_shape() {
     let TelemetryBody::Frames(batch) = telemetry_frames().body else { panic!("frames") };

@@ -2,9 +2,8 @@
 //!
 //! Design: each topic has one message type with a `schema` field; messages with variants carry them in `body`,
 //! tagged by `kind`. Every type denies unknown fields, so a field added without a schema bump is caught at the
-//! boundary. [`decode`] checks the size cap before parsing, reads `schema` first (so a newer sender is told apart
-//! from a broken one), then parses and validates. On the wire every payload is wrapped in the authenticated
-//! envelope of [`auth`].
+//! boundary. [`decode`] checks the size cap before parsing, tells a newer sender (another `schema`) apart from a
+//! broken one, and validates. On the wire every payload is wrapped in the authenticated envelope of [`auth`].
 
 pub mod auth;
 mod command;
@@ -12,6 +11,7 @@ mod confidence;
 mod event;
 mod sample;
 mod status;
+mod tagged;
 mod telemetry;
 
 use serde::Serialize;
@@ -84,6 +84,9 @@ pub fn encode<M: Message>(message: &M) -> Result<Vec<u8>, ProtocolError> {
 }
 
 /// Parses a payload: size cap, then schema, then the message, then its own checks.
+///
+/// The message is parsed once; only when that fails is `schema` read on its own, so that a newer sender is still
+/// told apart from a broken one (the outcome is the same as reading `schema` first).
 pub fn decode<M: Message>(bytes: &[u8]) -> Result<M, ProtocolError> {
     #[derive(serde::Deserialize)]
     struct Schema {
@@ -92,11 +95,19 @@ pub fn decode<M: Message>(bytes: &[u8]) -> Result<M, ProtocolError> {
     if bytes.len() > MAX_PAYLOAD_BYTES {
         return Err(ProtocolError::TooLarge { size: bytes.len(), max: MAX_PAYLOAD_BYTES });
     }
-    let schema: Schema = serde_json::from_slice(bytes).map_err(|e| ProtocolError::from_json(&e))?;
-    if schema.schema != SCHEMA {
-        return Err(ProtocolError::UnsupportedSchema { got: schema.schema });
+    let message: M = match serde_json::from_slice(bytes) {
+        Ok(message) => message,
+        Err(e) => {
+            let schema: Schema = serde_json::from_slice(bytes).map_err(|e| ProtocolError::from_json(&e))?;
+            if schema.schema != SCHEMA {
+                return Err(ProtocolError::UnsupportedSchema { got: schema.schema });
+            }
+            return Err(ProtocolError::from_json(&e));
+        }
+    };
+    if message.schema() != SCHEMA {
+        return Err(ProtocolError::UnsupportedSchema { got: message.schema() });
     }
-    let message: M = serde_json::from_slice(bytes).map_err(|e| ProtocolError::from_json(&e))?;
     message.validate().map_err(ProtocolError::Invalid)?;
     Ok(message)
 }

@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use time::OffsetDateTime;
 
-use super::{ConfidenceHistogram, Latency, Message, ModelRef, check_len};
+use super::{ConfidenceHistogram, Latency, Message, ModelRef, check_len, tagged};
 use crate::topics::Channel;
 use crate::vision::confidence::Confidence;
 
@@ -22,12 +22,39 @@ pub struct Telemetry {
     pub body: TelemetryBody,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+/// Tagged by `kind` (`window` or `frames`) next to the variant's fields; deserialized without buffering
+/// ([`tagged`]), since every telemetry message passes through it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TelemetryBody {
     // Boxed: a window summary is several times the size of a batch header.
     Window(Box<WindowSummary>),
     Frames(FrameBatch),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TelemetryKind {
+    Window,
+    Frames,
+}
+
+impl<'de> tagged::Tagged<'de> for TelemetryBody {
+    type Kind = TelemetryKind;
+    const WHAT: &'static str = "a telemetry body";
+
+    fn variant<D: Deserializer<'de>>(kind: TelemetryKind, fields: D) -> Result<Self, D::Error> {
+        Ok(match kind {
+            TelemetryKind::Window => TelemetryBody::Window(Box::new(WindowSummary::deserialize(fields)?)),
+            TelemetryKind::Frames => TelemetryBody::Frames(FrameBatch::deserialize(fields)?),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for TelemetryBody {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        tagged::deserialize(deserializer)
+    }
 }
 
 /// What one model saw over one window of time.
