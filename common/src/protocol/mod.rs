@@ -13,6 +13,7 @@ mod sample;
 mod status;
 mod tagged;
 mod telemetry;
+pub mod timestamp;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -65,9 +65,9 @@ impl<'de> Deserialize<'de> for TelemetryBody {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WindowSummary {
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "super::timestamp")]
     pub start: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "super::timestamp")]
     pub end: OffsetDateTime,
     /// The camera (as named in the agent's config) the frames came from.
     pub camera: String,

@@ -16,8 +16,9 @@ use time::OffsetDateTime;
 use super::error::IngestError;
 use super::hot::{DeviceHot, Hot};
 use super::keys::{self, DAY_MS};
+use super::raw;
 use super::record::{self, Change};
-use super::series::{self, HourlyRollup, SeriesEntry};
+use super::series::{HourlyRollup, SeriesEntry};
 use super::{ROLLUPS, SERIES, WINDOWS};
 
 /// What one compaction deleted.
@@ -102,7 +103,7 @@ fn one_series(
     report: &mut CompactReport,
 ) -> Result<(), IngestError> {
     let prefix = keys::series(&entry.device, &entry.model);
-    let expired = delete_before(store, WINDOWS, &prefix, raw_cut, series::windows_in)?;
+    let expired = delete_before(store, WINDOWS, &prefix, raw_cut, raw::count)?;
     report.windows_deleted += expired.iter().map(|(_, n)| n).sum::<u64>();
     let hours: BTreeSet<i64> =
         expired.into_iter().map(|(t, _)| keys::hour_of(t)).filter(|h| *h >= rollup_cut).collect();

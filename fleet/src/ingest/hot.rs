@@ -27,6 +27,7 @@ use super::dedupe::Seen;
 use super::devices::Tally;
 use super::error::IngestError;
 use super::keys::{self, HOUR_MS};
+use super::raw::Chunk;
 use super::record;
 use super::series::{HourlyRollup, SeriesEntry};
 use super::{ROLLUPS, SERIES, TALLIES, WINDOWS};
@@ -54,55 +55,6 @@ pub(crate) struct SeriesHot {
 
 /// `Some(version)`: changed at that device version and not written since.
 type Dirty = Option<u64>;
-
-/// Windows of one series and hour waiting to be written, already encoded: the elements of a JSON array of
-/// [`StoredWindow`](super::series::StoredWindow)s, comma-separated (encoding them as they come keeps one buffer per chunk instead of a copy of
-/// each window's strings and maps).
-#[derive(Debug)]
-struct Chunk {
-    lowest_seq: u64,
-    count: usize,
-    elements: Vec<u8>,
-}
-
-impl Chunk {
-    fn push(&mut self, seq: u64, element: &[u8]) {
-        if !self.elements.is_empty() {
-            self.elements.push(b',');
-        }
-        self.elements.extend_from_slice(element);
-        self.lowest_seq = self.lowest_seq.min(seq);
-        self.count += 1;
-    }
-
-    /// Adds a chunk taken out earlier (a failed flush) back in front of this one.
-    fn merge(&mut self, mut earlier: Chunk) {
-        if !self.elements.is_empty() && !earlier.elements.is_empty() {
-            earlier.elements.push(b',');
-        }
-        earlier.elements.append(&mut self.elements);
-        self.elements = earlier.elements;
-        self.lowest_seq = self.lowest_seq.min(earlier.lowest_seq);
-        self.count += earlier.count;
-    }
-
-    fn record(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.elements.len() + 2);
-        out.push(b'[');
-        out.extend_from_slice(&self.elements);
-        out.push(b']');
-        out
-    }
-}
-
-/// A [`StoredWindow`](super::series::StoredWindow) as written, borrowing the window.
-#[derive(serde::Serialize)]
-struct StoredWindowRef<'a> {
-    seq: u64,
-    #[serde(with = "time::serde::rfc3339")]
-    received_at: OffsetDateTime,
-    window: &'a WindowSummary,
-}
 
 impl SeriesHot {
     /// Whether the series holds anything not in the store yet (compaction must not drop its index entry).
@@ -255,7 +207,6 @@ impl Hot {
         if self.pending.load(Ordering::Relaxed) >= MAX_PENDING {
             self.flush(store)?;
         }
-        let element = record::encode(&StoredWindowRef { seq, received_at, window }, "window")?;
         let seen = self.with(store, device, |hot| {
             let seen = hot.tally.seqs.check(seq);
             if seen != Seen::New {
@@ -286,15 +237,18 @@ impl Hot {
                 let rollup = stored.unwrap_or_else(|| HourlyRollup::new(keys::at(hour)));
                 series.rollups.insert(hour, (rollup, None));
             }
+            // Packed before anything counts the window: the last step that can fail.
+            let chunk = series.windows.entry(hour).or_insert_with(|| Chunk::new(seq));
+            if let Err(e) = chunk.push(seq, received_at, window) {
+                if chunk.count == 0 {
+                    series.windows.remove(&hour);
+                }
+                return Err(e);
+            }
             if let Some((rollup, dirty)) = series.rollups.get_mut(&hour) {
                 rollup.add(window);
                 *dirty = Some(version);
             }
-            series
-                .windows
-                .entry(hour)
-                .or_insert_with(|| Chunk { lowest_seq: seq, count: 0, elements: Vec::new() })
-                .push(seq, &element);
             hot.tally.seqs.mark(seq);
             hot.tally.last_seen = Some(hot.tally.last_seen.map_or(received_at, |t| t.max(received_at)));
             hot.tally.totals.add_window(window);

@@ -36,6 +36,7 @@ mod error;
 mod events;
 mod hot;
 mod keys;
+mod raw;
 mod record;
 mod rollup;
 mod series;

@@ -1,8 +1,8 @@
 //! The time series: raw window summaries per device and model version, their hourly roll-ups, and the queries
 //! over both.
 //!
-//! Layout (see `keys.rs`): raw windows in chunks at `device | model | hour | lowest seq` (a JSON array of the
-//! windows starting in that hour that one flush wrote; stores written before chunks hold single windows at
+//! Layout (see `keys.rs`): raw windows in chunks at `device | model | hour | lowest seq` (the windows starting in
+//! that hour that one flush wrote, packed: `raw.rs`; stores written before chunks hold single windows at
 //! `device | model | start | seq`, read the same way), roll-ups at `device | model | hour`, and an index of series
 //! at `model | device`, which aggregates by model version scan and compaction walks.
 //!
@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use outpost_common::protocol::{ModelRef, WindowSummary};
+use outpost_common::protocol::{ModelRef, WindowSummary, timestamp};
 use outpost_common::store::Store;
 use outpost_common::topics::DeviceId;
 use serde::{Deserialize, Serialize};
@@ -22,6 +22,7 @@ use time::OffsetDateTime;
 use super::directory::{DeviceDirectory, Tags};
 use super::error::IngestError;
 use super::keys::{self, HOUR_MS};
+use super::raw;
 use super::record;
 use super::rollup::Rollup;
 use super::{ROLLUPS, SERIES, WINDOWS};
@@ -49,7 +50,7 @@ impl TimeRange {
 #[serde(deny_unknown_fields)]
 pub struct StoredWindow {
     pub seq: u64,
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "timestamp")]
     pub received_at: OffsetDateTime,
     pub window: WindowSummary,
 }
@@ -113,14 +114,6 @@ pub struct AggregateFilter {
     pub group: Option<DriftGroup>,
 }
 
-/// What a raw-window record holds: a chunk, or one window (stores written before chunks).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawRecord {
-    Chunk(Vec<StoredWindow>),
-    One(Box<StoredWindow>),
-}
-
 /// Raw windows of one device and model version whose start lies in the range, oldest first (by start, then seq),
 /// at most `limit`.
 pub(crate) fn windows(
@@ -148,10 +141,8 @@ pub(crate) fn windows(
             return Ok(false);
         }
         last_hour = Some(hour);
-        match record::decode::<RawRecord>(value, "window") {
-            Ok(RawRecord::Chunk(chunk)) => out.extend(chunk.into_iter().filter(|w| in_range(w, from, to))),
-            Ok(RawRecord::One(w)) if in_range(&w, from, to) => out.push(*w),
-            Ok(RawRecord::One(_)) => {}
+        match raw::read(value) {
+            Ok(windows) => out.extend(windows.into_iter().filter(|w| in_range(w, from, to))),
             Err(e) => tracing::warn!(device = %device, error = %e, "skipping unreadable windows"),
         }
         Ok(true)
@@ -159,15 +150,6 @@ pub(crate) fn windows(
     out.sort_by_key(|w| (keys::ms(w.window.start), w.seq));
     out.truncate(limit);
     Ok(out)
-}
-
-/// The number of windows in a raw-window record (0 if unreadable).
-pub(crate) fn windows_in(value: &[u8]) -> u64 {
-    match record::decode::<RawRecord>(value, "window") {
-        Ok(RawRecord::Chunk(chunk)) => chunk.len() as u64,
-        Ok(RawRecord::One(_)) => 1,
-        Err(_) => 0,
-    }
 }
 
 fn in_range(w: &StoredWindow, from: i64, to: i64) -> bool {
@@ -295,7 +277,7 @@ mod tests {
     }
 
     #[test]
-    fn chunks_and_single_windows_of_older_stores_read_as_one_ordered_series() {
+    fn packed_chunks_and_the_json_records_of_older_stores_read_as_one_ordered_series() {
         let store = MemStore::default();
         let device = DeviceId::new("cam-1").expect("id");
         let model = ModelRef { name: "defect".into(), version: 1 };
@@ -306,11 +288,19 @@ mod tests {
             let key = keys::window(&prefix, keys::ms(w.window.start), w.seq);
             store.put(WINDOWS, &key, &record::encode(&w, "window").expect("encodes")).expect("put");
         }
-        // Chunks of the first hour, out of order within and across them (a replay after an outage).
-        let chunk = |windows: &[StoredWindow]| record::encode(&windows, "window").expect("encodes");
-        store.put(WINDOWS, &keys::window(&prefix, hour, 3), &chunk(&[stored(4, 30), stored(3, 2)])).expect("put");
-        store.put(WINDOWS, &keys::window(&prefix, hour, 5), &chunk(&[stored(5, 1)])).expect("put");
-        store.put(WINDOWS, &keys::window(&prefix, hour + HOUR_MS, 6), &chunk(&[stored(6, 61)])).expect("put");
+        // Chunks of the first hour, out of order within and across them (a replay after an outage): JSON ones, as
+        // earlier versions wrote them, and packed ones, as this one does.
+        let json = |windows: &[StoredWindow]| record::encode(&windows, "window").expect("encodes");
+        let packed = |windows: &[StoredWindow]| {
+            let mut chunk = raw::Chunk::new(windows[0].seq);
+            for w in windows {
+                chunk.push(w.seq, w.received_at, &w.window).expect("packs");
+            }
+            chunk.record()
+        };
+        store.put(WINDOWS, &keys::window(&prefix, hour, 3), &packed(&[stored(4, 30), stored(3, 2)])).expect("put");
+        store.put(WINDOWS, &keys::window(&prefix, hour, 5), &json(&[stored(5, 1)])).expect("put");
+        store.put(WINDOWS, &keys::window(&prefix, hour + HOUR_MS, 6), &packed(&[stored(6, 61)])).expect("put");
         let read = |from: i64, to: i64, limit: usize| {
             let range = TimeRange::new(T0 + time::Duration::minutes(from), T0 + time::Duration::minutes(to));
             windows(&store, &device, &model, range, limit).expect("reads").iter().map(|w| w.seq).collect::<Vec<_>>()
@@ -320,6 +310,6 @@ mod tests {
         assert_eq!(read(0, 120, 2), [5, 3], "the limit takes the earliest");
         assert_eq!(read(64, 120, 1), [2]);
         assert_eq!(read(120, 180, 10), Vec::<u64>::new());
-        assert_eq!(windows_in(&chunk(&[stored(7, 0), stored(8, 0)])), 2);
+        assert_eq!(raw::count(&json(&[stored(7, 0), stored(8, 0)])), 2);
     }
 }
