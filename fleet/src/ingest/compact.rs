@@ -55,7 +55,10 @@ pub(crate) fn series(
         Ok(true)
     })?;
     for (index_key, entry) in entries {
-        hot.locked(&entry.device, |device| one_series(store, device, &index_key, &entry, raw_cut, rollup_cut, report))?;
+        let dropped = hot.locked(&entry.device, |device| {
+            one_series(store, device, &index_key, &entry, raw_cut, rollup_cut, report)
+        })?;
+        hot.forgot(dropped);
     }
     Ok(())
 }
@@ -92,7 +95,8 @@ fn delete_before(
     }
 }
 
-/// One series, under its device's lock; `device` is the device's state in memory, if it is there.
+/// One series, under its device's lock; `device` is the device's state in memory, if it is there. Returns the
+/// unwritten windows past retention it dropped from memory.
 fn one_series(
     store: &dyn Store,
     device: Option<&mut DeviceHot>,
@@ -101,7 +105,7 @@ fn one_series(
     raw_cut: i64,
     rollup_cut: i64,
     report: &mut CompactReport,
-) -> Result<(), IngestError> {
+) -> Result<usize, IngestError> {
     let prefix = keys::series(&entry.device, &entry.model);
     let expired = delete_before(store, WINDOWS, &prefix, raw_cut, raw::count)?;
     report.windows_deleted += expired.iter().map(|(_, n)| n).sum::<u64>();
@@ -120,16 +124,18 @@ fn one_series(
     }
     report.rollups_deleted += delete_before(store, ROLLUPS, &prefix, rollup_cut, |_| 1)?.len() as u64;
     let mut cached = None;
+    let mut dropped = 0;
     if let Some(device) = device {
         let version = device.change();
         if let Some(series) = device.series_mut(&entry.model) {
             series.mark_raw_expired_before(raw_cut, version);
             series.forget_rollups_before(rollup_cut);
+            dropped = series.forget_chunks_before(raw_cut);
             cached = Some(series);
         }
     }
     if cached.as_ref().is_some_and(|s| s.has_unwritten()) {
-        return Ok(());
+        return Ok(dropped);
     }
     let empty = |tree: &str| store.scan_prefix(tree, &prefix, None, 1).map(|p| p.is_empty());
     if empty(WINDOWS)? && empty(ROLLUPS)? {
@@ -139,5 +145,5 @@ fn one_series(
         }
         report.series_deleted += 1;
     }
-    Ok(())
+    Ok(dropped)
 }

@@ -2,8 +2,9 @@
 //! and the windows not yet written, in memory, written behind in one atomic batch per flush.
 //!
 //! Design: a window costs a few in-memory updates under its device's shard lock; the store sees one batch per
-//! [`Hot::flush`], with one record per touched device (its tally), per touched roll-up, and per series and hour (a
-//! chunk of that hour's new raw windows) — instead of four to seven records per window. The batch is applied with
+//! [`Hot::flush`], with one record per touched device (its tally), per touched roll-up, and per touched chunk (a
+//! series' raw windows of one hour, packed, rewritten whole until it holds [`CHUNK_BYTES`]) — instead of four to
+//! seven records per window. The batch is applied with
 //! [`Store::apply`], so after a crash a device's tally, roll-ups and raw windows agree: the seqs marked are exactly
 //! the windows stored and the windows the roll-ups count. What a crash loses is what arrived since the last flush,
 //! as before, when sled's own buffer (flushed every 500 ms) held the last writes.
@@ -36,9 +37,13 @@ use super::{ROLLUPS, SERIES, TALLIES, WINDOWS};
 const SHARDS: usize = 64;
 /// Windows held in memory before the ingest call that adds one more flushes them itself (when the service's
 /// periodic flush falls behind, or no service runs one).
-pub(crate) const MAX_PENDING: usize = 16_384;
+pub(crate) const MAX_PENDING: usize = 65_536;
 /// Roll-ups older than the newest hour of their series by more than this stay cached only while dirty.
 const CACHED_HOURS: i64 = 2;
+/// A chunk is rewritten whole by each flush until it holds this many bytes; the hour's next window starts a new
+/// one. Rewriting a record costs sled a fraction of adding one, so a device that sends a window or two per flush
+/// adds a record every few dozen windows instead of every flush.
+pub(crate) const CHUNK_BYTES: usize = 8 * 1024;
 
 /// One series (device and model version) in memory.
 #[derive(Debug)]
@@ -47,8 +52,8 @@ pub(crate) struct SeriesHot {
     prefix: Vec<u8>,
     /// The index entry is in the store (or in the batch being written).
     indexed: bool,
-    /// Windows not written yet, by the hour they start in.
-    windows: BTreeMap<i64, Chunk>,
+    /// Recent chunks, by the hour their windows start in and their first seq (their key in the store).
+    chunks: BTreeMap<(i64, u64), HotChunk>,
     /// Recent roll-ups by hour, with the device version of their last change while not written since.
     rollups: BTreeMap<i64, (HourlyRollup, Dirty)>,
 }
@@ -59,7 +64,7 @@ type Dirty = Option<u64>;
 impl SeriesHot {
     /// Whether the series holds anything not in the store yet (compaction must not drop its index entry).
     pub(crate) fn has_unwritten(&self) -> bool {
-        !self.windows.is_empty() || self.rollups.values().any(|(_, dirty)| dirty.is_some())
+        self.chunks.values().any(|c| c.dirty.is_some()) || self.rollups.values().any(|(_, dirty)| dirty.is_some())
     }
 
     /// Marks the cached roll-ups of hours before `cut` as having lost their raw windows (compaction does the same
@@ -77,10 +82,28 @@ impl SeriesHot {
         self.rollups = self.rollups.split_off(&cut);
     }
 
+    /// Drops the chunks of hours before `cut`, written or not (their windows are past retention, and rewriting a
+    /// chunk would bring back the windows compaction deleted); returns how many unwritten windows went with them.
+    pub(crate) fn forget_chunks_before(&mut self, cut: i64) -> usize {
+        let kept = self.chunks.split_off(&(cut, 0));
+        let dropped = std::mem::replace(&mut self.chunks, kept);
+        dropped.values().map(|c| c.unwritten).sum()
+    }
+
     /// The index entry was deleted: the next window writes it again.
     pub(crate) fn unindexed(&mut self) {
         self.indexed = false;
     }
+}
+
+/// A chunk in memory. Each flush that finds it changed writes it whole under its key; a flush that finds it
+/// unchanged drops it from memory (the store has it), and so does compaction once its hour expired.
+#[derive(Debug)]
+pub(crate) struct HotChunk {
+    chunk: Chunk,
+    dirty: Dirty,
+    /// Windows added since it was last written.
+    unwritten: usize,
 }
 
 /// One device in memory.
@@ -224,7 +247,7 @@ impl Hot {
                         model: window.model.clone(),
                         prefix,
                         indexed,
-                        windows: BTreeMap::new(),
+                        chunks: BTreeMap::new(),
                         rollups: BTreeMap::new(),
                     });
                     hot.series.len() - 1
@@ -237,14 +260,26 @@ impl Hot {
                 let rollup = stored.unwrap_or_else(|| HourlyRollup::new(keys::at(hour)));
                 series.rollups.insert(hour, (rollup, None));
             }
-            // Packed before anything counts the window: the last step that can fail.
-            let chunk = series.windows.entry(hour).or_insert_with(|| Chunk::new(seq));
-            if let Err(e) = chunk.push(seq, received_at, window) {
-                if chunk.count == 0 {
-                    series.windows.remove(&hour);
+            // Packed before anything counts the window: the last step that can fail. Into the hour's last chunk
+            // while it has room, else a new one keyed by this seq (unique: a seq is stored once).
+            let open = series.chunks.range((hour, 0)..=(hour, u64::MAX)).next_back().map(|(k, c)| (*k, c.chunk.len()));
+            let key = match open {
+                Some((key, len)) if len < CHUNK_BYTES => key,
+                _ => (hour, seq),
+            };
+            let hot_chunk = series.chunks.entry(key).or_insert_with(|| HotChunk {
+                chunk: Chunk::default(),
+                dirty: None,
+                unwritten: 0,
+            });
+            if let Err(e) = hot_chunk.chunk.push(seq, received_at, window) {
+                if hot_chunk.chunk.count == 0 {
+                    series.chunks.remove(&key);
                 }
                 return Err(e);
             }
+            hot_chunk.dirty = Some(version);
+            hot_chunk.unwritten += 1;
             if let Some((rollup, dirty)) = series.rollups.get_mut(&hour) {
                 rollup.add(window);
                 *dirty = Some(version);
@@ -259,6 +294,11 @@ impl Hot {
             self.pending.fetch_add(1, Ordering::Relaxed);
         }
         Ok(seen)
+    }
+
+    /// Compaction dropped `windows` unwritten windows past retention.
+    pub(crate) fn forgot(&self, windows: usize) {
+        let _ = self.pending.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| Some(p.saturating_sub(windows)));
     }
 
     /// Lowers the device's event-log length after `removed` events were trimmed.
@@ -299,17 +339,14 @@ impl Hot {
         if batch.is_empty() {
             return Ok(());
         }
-        let written: usize =
-            taken.iter().flat_map(|t| &t.3.windows).flat_map(|(_, c)| c.values()).map(|c| c.count).sum();
+        let written: usize = taken.iter().flat_map(|t| &t.3.chunks).map(|(_, _, n)| n).sum();
         match store.apply(&batch) {
             Ok(()) => {
-                let _ = self
-                    .pending
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| Some(p.saturating_sub(written)));
-                for (index, id, version, _) in taken {
+                self.forgot(written);
+                for (index, id, version, taken) in taken {
                     let mut shard = lock(&self.shards[index]);
                     if let Some(hot) = shard.devices.get_mut(&id) {
-                        written_up_to(hot, version);
+                        written_up_to(hot, version, &taken);
                     }
                 }
                 Ok(())
@@ -332,26 +369,15 @@ impl Hot {
     }
 }
 
-/// What a flush took out of a device's memory: put back if the batch fails.
+/// What a flush took from a device: the index entries it writes (not written again unless the batch fails),
+/// and the windows of each chunk it writes.
 #[derive(Debug, Default)]
 struct Taken {
-    windows: Vec<(ModelRef, BTreeMap<i64, Chunk>)>,
     indexed: Vec<ModelRef>,
+    chunks: Vec<(ModelRef, (i64, u64), usize)>,
 }
 
 fn put_back(hot: &mut DeviceHot, taken: Taken) {
-    for (model, chunks) in taken.windows {
-        if let Some(series) = hot.series_mut(&model) {
-            for (hour, chunk) in chunks {
-                match series.windows.get_mut(&hour) {
-                    Some(newer) => newer.merge(chunk),
-                    None => {
-                        series.windows.insert(hour, chunk);
-                    }
-                }
-            }
-        }
-    }
     for model in taken.indexed {
         if let Some(series) = hot.series_mut(&model) {
             series.indexed = false;
@@ -360,8 +386,8 @@ fn put_back(hot: &mut DeviceHot, taken: Taken) {
 }
 
 /// Adds a device's changes to the batch: its tally if dirty, its dirty roll-ups, new index entries, and its
-/// pending windows as one chunk per series and hour (keyed by the hour and the chunk's lowest seq, unique since
-/// each seq is stored once). Dirty marks are cleared once the batch is written ([`written_up_to`]).
+/// changed chunks, whole. Dirty marks are cleared once the batch is written ([`written_up_to`]). Chunks that did not
+/// change since the last flush are dropped from memory: the store has them.
 ///
 /// Everything that can fail (encoding) comes first, so a failure leaves the device as it was.
 fn drain(id: &DeviceId, hot: &mut DeviceHot, batch: &mut Vec<Write>) -> Result<Taken, IngestError> {
@@ -386,12 +412,10 @@ fn drain(id: &DeviceId, hot: &mut DeviceHot, batch: &mut Vec<Write>) -> Result<T
             series.indexed = true;
             taken.indexed.push(series.model.clone());
         }
-        let chunks = std::mem::take(&mut series.windows);
-        for (hour, chunk) in &chunks {
-            writes.push(put(WINDOWS, keys::window(&series.prefix, *hour, chunk.lowest_seq), chunk.record()));
-        }
-        if !chunks.is_empty() {
-            taken.windows.push((series.model.clone(), chunks));
+        series.chunks.retain(|_, c| c.dirty.is_some());
+        for (&(hour, first), c) in &series.chunks {
+            writes.push(put(WINDOWS, keys::window(&series.prefix, hour, first), c.chunk.record()));
+            taken.chunks.push((series.model.clone(), (hour, first), c.unwritten));
         }
     }
     batch.append(&mut writes);
@@ -400,12 +424,18 @@ fn drain(id: &DeviceId, hot: &mut DeviceHot, batch: &mut Vec<Write>) -> Result<T
 
 /// After a batch with the device's state at `version` was written: clears the marks of what it wrote (a record
 /// changed again since stays marked, for the next flush), and forgets clean roll-ups of hours long past.
-fn written_up_to(hot: &mut DeviceHot, version: u64) {
+fn written_up_to(hot: &mut DeviceHot, version: u64, taken: &Taken) {
     let clean = |dirty: &mut Dirty| {
         if dirty.is_some_and(|v| v <= version) {
             *dirty = None;
         }
     };
+    for (model, key, written) in &taken.chunks {
+        if let Some(c) = hot.series_mut(model).and_then(|s| s.chunks.get_mut(key)) {
+            c.unwritten = c.unwritten.saturating_sub(*written);
+            clean(&mut c.dirty);
+        }
+    }
     for series in &mut hot.series {
         let newest = series.rollups.keys().next_back().copied().unwrap_or(i64::MIN);
         series.rollups.retain(|hour, (_, dirty)| {

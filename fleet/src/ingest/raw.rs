@@ -32,17 +32,17 @@ struct StoredWindowRef<'a> {
     window: &'a WindowSummary,
 }
 
-/// Windows of one series and hour waiting to be written, already packed.
-#[derive(Debug)]
+/// Windows of one series and hour, packed as they arrive.
+#[derive(Debug, Default)]
 pub(crate) struct Chunk {
-    pub(crate) lowest_seq: u64,
     pub(crate) count: usize,
     packed: Vec<u8>,
 }
 
 impl Chunk {
-    pub(crate) fn new(seq: u64) -> Chunk {
-        Chunk { lowest_seq: seq, count: 0, packed: Vec::new() }
+    /// The bytes of its windows.
+    pub(crate) fn len(&self) -> usize {
+        self.packed.len()
     }
 
     /// Packs one window onto the chunk; on an error the chunk is as it was.
@@ -57,17 +57,8 @@ impl Chunk {
             self.packed.truncate(before);
             return Err(IngestError::Corrupt { what: "window", detail: format!("cannot pack: {e}") });
         }
-        self.lowest_seq = self.lowest_seq.min(seq);
         self.count += 1;
         Ok(())
-    }
-
-    /// Adds a chunk taken out earlier (a failed flush) back in front of this one.
-    pub(crate) fn merge(&mut self, mut earlier: Chunk) {
-        earlier.packed.append(&mut self.packed);
-        self.packed = earlier.packed;
-        self.lowest_seq = self.lowest_seq.min(earlier.lowest_seq);
-        self.count += earlier.count;
     }
 
     /// The record to store.
@@ -155,7 +146,7 @@ mod tests {
     }
 
     fn chunk(windows: &[StoredWindow]) -> Chunk {
-        let mut chunk = Chunk::new(u64::MAX);
+        let mut chunk = Chunk::default();
         for w in windows {
             chunk.push(w.seq, w.received_at, &w.window).expect("packs");
         }
@@ -166,7 +157,7 @@ mod tests {
     fn a_packed_chunk_reads_back_exactly_and_smaller_than_json() {
         let windows: Vec<StoredWindow> = [9, 4, 7].map(stored).into();
         let chunk = chunk(&windows);
-        assert_eq!((chunk.lowest_seq, chunk.count), (4, 3));
+        assert_eq!(chunk.count, 3);
         let record = chunk.record();
         assert_eq!(read(&record).expect("reads"), windows);
         assert_eq!(count(&record), 3);
@@ -175,16 +166,7 @@ mod tests {
         // What the API serves is unchanged: RFC 3339 text.
         let api = serde_json::to_value(&windows[0]).expect("json");
         assert_eq!(api["received_at"], "2026-11-22T10:00:10.623456789+02:00");
-        assert_eq!(read(&Chunk::new(1).record()).expect("an empty chunk reads"), Vec::<StoredWindow>::new());
-    }
-
-    #[test]
-    fn a_chunk_put_back_after_a_failed_flush_keeps_its_windows_first() {
-        let mut newer = chunk(&[stored(5)]);
-        newer.merge(chunk(&[stored(2), stored(3)]));
-        assert_eq!((newer.lowest_seq, newer.count), (2, 3));
-        let seqs: Vec<u64> = read(&newer.record()).expect("reads").iter().map(|w| w.seq).collect();
-        assert_eq!(seqs, [2, 3, 5]);
+        assert_eq!(read(&Chunk::default().record()).expect("an empty chunk reads"), Vec::<StoredWindow>::new());
     }
 
     #[test]

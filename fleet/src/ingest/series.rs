@@ -1,9 +1,9 @@
 //! The time series: raw window summaries per device and model version, their hourly roll-ups, and the queries
 //! over both.
 //!
-//! Layout (see `keys.rs`): raw windows in chunks at `device | model | hour | lowest seq` (the windows starting in
-//! that hour that one flush wrote, packed: `raw.rs`; stores written before chunks hold single windows at
-//! `device | model | start | seq`, read the same way), roll-ups at `device | model | hour`, and an index of series
+//! Layout (see `keys.rs`): raw windows in chunks at `device | model | hour | first seq` (windows starting in that
+//! hour, packed: `raw.rs`; an hour may have several chunks, their windows in any order; stores written before
+//! chunks hold single windows at `device | model | start | seq`, read the same way), roll-ups at `device | model | hour`, and an index of series
 //! at `model | device`, which aggregates by model version scan and compaction walks.
 //!
 //! Design: the hourly roll-up is kept up to date as windows arrive (each window is added to the roll-up of the hour
@@ -292,7 +292,7 @@ mod tests {
         // earlier versions wrote them, and packed ones, as this one does.
         let json = |windows: &[StoredWindow]| record::encode(&windows, "window").expect("encodes");
         let packed = |windows: &[StoredWindow]| {
-            let mut chunk = raw::Chunk::new(windows[0].seq);
+            let mut chunk = raw::Chunk::default();
             for w in windows {
                 chunk.push(w.seq, w.received_at, &w.window).expect("packs");
             }

@@ -7,6 +7,7 @@ use outpost_common::protocol::{ConfidenceHistogram, Latency};
 use outpost_common::store::{Entry, StoreError};
 
 use super::*;
+use crate::ingest::raw;
 use crate::ingest::series::{self, TimeRange};
 use crate::load::MemStore;
 
@@ -163,20 +164,77 @@ fn a_device_changed_while_its_batch_was_written_keeps_the_change_for_the_next_fl
     hot.window(store.as_ref(), &device(), 1, &window(0), T0).expect("taken");
     // What a flush does, with a window arriving between taking the batch and clearing its marks.
     let mut batch = Vec::new();
-    let version = {
+    let (version, taken) = {
         let mut shard = lock(hot.shard(&device()));
         let hot = shard.devices.get_mut(&device()).expect("in memory");
-        drain(&device(), hot, &mut batch).expect("drained");
-        hot.version
+        let taken = drain(&device(), hot, &mut batch).expect("drained");
+        (hot.version, taken)
     };
     hot.window(store.as_ref(), &device(), 2, &window(10), T0).expect("taken");
     store.apply(&batch).expect("written");
     {
         let mut shard = lock(hot.shard(&device()));
-        written_up_to(shard.devices.get_mut(&device()).expect("in memory"), version);
+        written_up_to(shard.devices.get_mut(&device()).expect("in memory"), version, &taken);
     }
     assert_eq!(stored_tally(store.as_ref()).expect("written").totals.windows, 1);
     hot.flush(store.as_ref()).expect("written");
     assert_eq!(stored_tally(store.as_ref()).expect("written").totals.windows, 2, "the tally was still dirty");
     assert_eq!(all_windows(store.as_ref()), [1, 2]);
+}
+
+fn chunk_records(store: &dyn Store) -> Vec<Vec<u64>> {
+    let records = store.scan_prefix(WINDOWS, &keys::series(&device(), &model()), None, 1000).expect("scan");
+    records.iter().map(|(_, v)| raw::read(v).expect("readable").iter().map(|w| w.seq).collect()).collect()
+}
+
+#[test]
+fn a_chunk_is_rewritten_until_full_then_the_hour_starts_another() {
+    let store = Arc::new(Flaky::default());
+    let hot = Hot::new(1024);
+    // Two windows a flush, as a device sending often among many: the same record grows.
+    let mut seq = 0;
+    let mut flushes = 0;
+    while chunk_records(store.as_ref()).len() < 2 {
+        for _ in 0..2 {
+            seq += 1;
+            hot.window(store.as_ref(), &device(), seq, &window(seq as i64), T0).expect("taken");
+        }
+        hot.flush(store.as_ref()).expect("written");
+        flushes += 1;
+        if flushes == 2 {
+            assert_eq!(chunk_records(store.as_ref()), [vec![1, 2, 3, 4]], "one record, rewritten");
+        }
+    }
+    let records = chunk_records(store.as_ref());
+    let first = &records[0];
+    assert!(first.len() > 8, "a chunk fills up to {CHUNK_BYTES} bytes: {} windows", first.len());
+    assert_eq!(records.concat(), (1..=seq).collect::<Vec<_>>(), "every window once, in order");
+    assert_eq!(hot.pending.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn an_unchanged_chunk_leaves_memory_and_compaction_drops_expired_ones() {
+    let store = Arc::new(Flaky::default());
+    let hot = Hot::new(128);
+    hot.window(store.as_ref(), &device(), 1, &window(0), T0).expect("taken");
+    hot.flush(store.as_ref()).expect("written");
+    let chunks = |hot: &Hot| hot.locked(&device(), |d| d.and_then(|d| d.series_mut(&model())).map(|s| s.chunks.len()));
+    assert_eq!(chunks(&hot), Some(1), "kept while the device keeps sending");
+    hot.flush(store.as_ref()).expect("nothing new");
+    assert_eq!(chunks(&hot), Some(0), "a flush that found it unchanged dropped it");
+    // A late window of the same hour goes to a new record; the written one is left as it is.
+    hot.window(store.as_ref(), &device(), 2, &window(5), T0).expect("taken");
+    hot.flush(store.as_ref()).expect("written");
+    assert_eq!(chunk_records(store.as_ref()), [vec![1], vec![2]]);
+    // Compaction past that hour drops the chunk from memory, written or not, and what it held stops counting.
+    hot.window(store.as_ref(), &device(), 3, &window(6), T0).expect("taken");
+    assert_eq!(hot.pending.load(Ordering::Relaxed), 1);
+    let cut = keys::ms(T0) + HOUR_MS;
+    let dropped =
+        hot.locked(&device(), |d| d.and_then(|d| d.series_mut(&model())).map(|s| s.forget_chunks_before(cut)));
+    assert_eq!(dropped, Some(1));
+    hot.forgot(1);
+    assert_eq!(hot.pending.load(Ordering::Relaxed), 0);
+    hot.flush(store.as_ref()).expect("written");
+    assert_eq!(chunk_records(store.as_ref()), [vec![1], vec![2]], "the dropped chunk was not written back");
 }
