@@ -204,7 +204,17 @@ impl Driver {
                 }
                 _ = sleep_until(deadline) => {
                     let pending = self.shared.outbox.stats().messages;
-                    tracing::warn!(pending, "link shutdown deadline reached; the rest stays in the outbox");
+                    if pending > 0 {
+                        tracing::warn!(pending, "link shutdown deadline reached; the rest stays in the outbox");
+                    } else {
+                        // Everything was delivered; only the goodbye was not confirmed in time.
+                        tracing::warn!(
+                            offline_sent = self.offline_sent,
+                            offline_acked = self.offline_acked,
+                            "link shutdown deadline reached before the broker confirmed the offline status; it \
+                             publishes the last will instead"
+                        );
+                    }
                     break;
                 }
             }

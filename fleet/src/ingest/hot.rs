@@ -4,10 +4,10 @@
 //! Design: a window costs a few in-memory updates under its device's shard lock; the store sees one batch per
 //! [`Hot::flush`], with one record per touched device (its tally), per touched roll-up, and per touched chunk (a
 //! series' raw windows of one hour, packed, rewritten whole until it holds [`CHUNK_BYTES`]) — instead of four to
-//! seven records per window. The batch is applied with
-//! [`Store::apply`], so after a crash a device's tally, roll-ups and raw windows agree: the seqs marked are exactly
-//! the windows stored and the windows the roll-ups count. What a crash loses is what arrived since the last flush,
-//! as before, when sled's own buffer (flushed every 500 ms) held the last writes.
+//! seven records per window. The batch is applied with [`Store::apply`], so after a crash a device's tally,
+//! roll-ups and raw windows agree: the seqs marked are exactly the windows stored and the windows the roll-ups
+//! count. What a crash loses is what arrived since the last flush, as before, when sled's own buffer (flushed every
+//! 500 ms) held the last writes.
 //!
 //! Invariants:
 //! - this process is the only writer of the tallies, roll-ups, raw windows and series index (one process per sled
