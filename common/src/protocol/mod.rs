@@ -84,7 +84,7 @@ pub fn encode<M: Message>(message: &M) -> Result<Vec<u8>, ProtocolError> {
     Ok(bytes)
 }
 
-/// Parses a payload: size cap, then schema, then the message, then its own checks.
+/// Parses a payload: size cap, then the message and its schema, then its own checks.
 ///
 /// The message is parsed once; only when that fails is `schema` read on its own, so that a newer sender is still
 /// told apart from a broken one (the outcome is the same as reading `schema` first).
