@@ -58,7 +58,7 @@ pub(crate) fn series(
         let dropped = hot.locked(&entry.device, |device| {
             one_series(store, device, &index_key, &entry, raw_cut, rollup_cut, report)
         })?;
-        hot.forgot(dropped);
+        hot.no_longer_pending(dropped);
     }
     Ok(())
 }

@@ -296,8 +296,8 @@ impl Hot {
         Ok(seen)
     }
 
-    /// Compaction dropped `windows` unwritten windows past retention.
-    pub(crate) fn forgot(&self, windows: usize) {
+    /// `windows` unwritten windows left the count: a flush wrote them, or compaction dropped them past retention.
+    pub(crate) fn no_longer_pending(&self, windows: usize) {
         let _ = self.pending.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| Some(p.saturating_sub(windows)));
     }
 
@@ -342,7 +342,7 @@ impl Hot {
         let written: usize = taken.iter().flat_map(|t| &t.3.chunks).map(|(_, _, n)| n).sum();
         match store.apply(&batch) {
             Ok(()) => {
-                self.forgot(written);
+                self.no_longer_pending(written);
                 for (index, id, version, taken) in taken {
                     let mut shard = lock(&self.shards[index]);
                     if let Some(hot) = shard.devices.get_mut(&id) {

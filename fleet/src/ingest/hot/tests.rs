@@ -233,7 +233,7 @@ fn an_unchanged_chunk_leaves_memory_and_compaction_drops_expired_ones() {
     let dropped =
         hot.locked(&device(), |d| d.and_then(|d| d.series_mut(&model())).map(|s| s.forget_chunks_before(cut)));
     assert_eq!(dropped, Some(1));
-    hot.forgot(1);
+    hot.no_longer_pending(1);
     assert_eq!(hot.pending.load(Ordering::Relaxed), 0);
     hot.flush(store.as_ref()).expect("written");
     assert_eq!(chunk_records(store.as_ref()), [vec![1], vec![2]], "the dropped chunk was not written back");
