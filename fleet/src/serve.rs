@@ -268,8 +268,9 @@ pub async fn run(
     if tokio::time::timeout(deadline, workers.join()).await.is_err() {
         tracing::warn!("ingest did not finish within the deadline");
     }
-    if let Err(e) = ingest.flush() {
-        tracing::warn!(error = %e, "ingest state not flushed");
+    // Everything to its records, so the next start has no journal to replay.
+    if let Err(e) = ingest.checkpoint() {
+        tracing::warn!(error = %e, "ingest state not written; the next start replays the journal");
     }
     let flushed = tokio::task::spawn_blocking(move || store.flush()).await;
     if !matches!(flushed, Ok(Ok(()))) {

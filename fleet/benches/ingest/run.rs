@@ -124,6 +124,11 @@ impl Report {
     }
 }
 
+/// A progress line, so a long run shows where it is (and a profiler can be started at a phase).
+fn progress(devices: usize, what: &str) {
+    println!("{devices} devices: {what}");
+}
+
 fn phases(n: usize, s: &Settings) -> (Phase, Phase) {
     let steady = Phase { camera: STEADY.into(), interval: s.window, duration: s.steady, status_every: 3 };
     // Every device at the same pace, adding up to the offered rate; a status every 10th window, as in `steady`'s
@@ -139,6 +144,7 @@ async fn baseline(setup: &FleetSetup, creds: &[Credentials], s: &Settings, repor
     let subscriber =
         Subscriber::start(&addr.ip().to_string(), addr.port(), &user, &password, Duration::from_secs(30)).await?;
     let idle = sys::rss_bytes(broker.pid()).unwrap_or(0);
+    progress(creds.len(), "broker alone: connecting the devices");
     let swarm =
         Swarm::connect(&format!("mqtt://{addr}"), creds, Behaviour::new("defect", 1), s.batch, Duration::from_secs(30))
             .await?;
@@ -154,12 +160,14 @@ async fn baseline(setup: &FleetSetup, creds: &[Credentials], s: &Settings, repor
     // proportional to every subscribed filter on the first publish to each topic (see docs/BENCHMARKS.md), and
     // without the warm-up that one-off cost would land in the baseline's ceiling phase only.
     let warmup = Phase { camera: WARMUP.into(), interval: s.window, duration: s.window, status_every: 3 };
+    progress(creds.len(), "broker alone: warm-up");
     let warmed = swarm.run(&warmup).await;
     swarm.drain(Duration::from_secs(60)).await;
     let target = subscriber.received() + warmed.windows + warmed.statuses;
     settle(count, target, Duration::from_secs(3), Duration::from_secs(120)).await?;
     report.connected.0 = swarm.connected();
     let (before, start) = (subscriber.received(), Instant::now());
+    progress(creds.len(), "broker alone: ceiling phase");
     let published = swarm.run(&ceiling).await;
     let secs = start.elapsed().as_secs_f64();
     report.offered_per_sec = stats::rate(published.windows + published.statuses, secs);
@@ -246,6 +254,7 @@ pub async fn scenario(n: usize, s: &Settings) -> Result<Report> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     report.fleet_rss_idle = sys::rss_bytes(fleet.proc.pid()).unwrap_or(0);
     let start = Instant::now();
+    progress(n, "fleet: connecting the devices");
     let swarm = Swarm::connect(
         &format!("mqtt://{}", fleet.mqtt),
         &creds,
@@ -266,6 +275,7 @@ pub async fn scenario(n: usize, s: &Settings) -> Result<Report> {
 
     let (steady, ceiling) = phases(n, s);
     let (before, start) = (accepted(&http, &fleet).await?, Instant::now());
+    progress(n, "fleet: steady phase");
     let published = swarm.run(&steady).await;
     report.steady_per_sec = stats::rate(accepted(&http, &fleet).await? - before, start.elapsed().as_secs_f64());
     report.windows_published += published.windows;
@@ -275,6 +285,7 @@ pub async fn scenario(n: usize, s: &Settings) -> Result<Report> {
 
     report.connected.1 = swarm.connected();
     let (before, start) = (accepted(&http, &fleet).await?, Instant::now());
+    progress(n, "fleet: ceiling phase");
     let published = swarm.run(&ceiling).await;
     let secs = start.elapsed().as_secs_f64();
     let published_end = Instant::now();

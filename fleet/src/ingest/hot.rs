@@ -1,23 +1,34 @@
 //! The ingest's working set: each device's de-duplication window and totals, its series' recent hourly roll-ups
-//! and the windows not yet written, in memory, written behind in one atomic batch per flush.
+//! and the windows not yet written, in memory, made durable by a journal every flush and written to their records
+//! at checkpoints.
 //!
-//! Design: a window costs a few in-memory updates under its device's shard lock; the store sees one batch per
-//! [`Hot::flush`], with one record per touched device (its tally), per touched roll-up, and per touched chunk (a
-//! series' raw windows of one hour, packed, rewritten whole until it holds [`CHUNK_BYTES`]) — instead of four to
-//! seven records per window. The batch is applied with [`Store::apply`], so after a crash a device's tally,
-//! roll-ups and raw windows agree: the seqs marked are exactly the windows stored and the windows the roll-ups
-//! count. What a crash loses is what arrived since the last flush, as before, when sled's own buffer (flushed every
-//! 500 ms) held the last writes.
+//! Design: a window costs a few in-memory updates under its device's shard lock, and its packed bytes are added to
+//! the shard's journal entries (`journal.rs`). [`Hot::flush`] (every second) writes those entries as a few large
+//! journal records, together with the whole state of any device changed other than by a window (an event or frame
+//! batch marked, its event log trimmed), which the journal does not hold. A checkpoint ([`Hot::checkpoint`], and
+//! from `flush` every [`CHECKPOINT_EVERY`] or at [`CHECKPOINT_PENDING`] windows) writes one record per touched
+//! device (its tally), per touched roll-up and per touched chunk (a series' raw windows of one hour, packed,
+//! rewritten whole until it holds [`CHUNK_BYTES`]), and deletes the journal records it covers, in one atomic batch
+//! ([`Store::apply`]). So with many devices each sending a window or two a second, a device's records are written
+//! every few seconds with several windows each instead of every second with one or two.
+//!
+//! After a crash, [`Hot::replay`] takes the journal's windows again on the device state the last checkpoint wrote:
+//! a window the checkpoint (or a device's own write) already holds is a duplicate by its seq and changes nothing,
+//! so a device's tally, roll-ups and raw windows still agree — the seqs marked are exactly the windows stored and
+//! the windows the roll-ups count — and what a crash loses is what arrived since the last flush.
 //!
 //! Invariants:
-//! - this process is the only writer of the tallies, roll-ups, raw windows and series index (one process per sled
-//!   store, which sled enforces); compaction changes them only under the device's shard lock;
+//! - this process is the only writer of the tallies, roll-ups, raw windows, series index and journal (one process
+//!   per sled store, which sled enforces); compaction changes them only under the device's shard lock;
 //! - a device's state is read from the store on its first message and is the truth from then on;
-//! - readers call [`Hot::flush`] first, so a query sees every message ingested before it.
+//! - a window's journal entry is added under the same shard lock as the window itself, so the entries a checkpoint
+//!   takes from a shard are exactly the ones whose windows its drain of that shard holds;
+//! - readers call [`Hot::checkpoint`] first, so a query sees every message ingested before it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use outpost_common::protocol::{ModelRef, WindowSummary};
 use outpost_common::store::{Store, Write};
@@ -27,17 +38,22 @@ use time::OffsetDateTime;
 use super::dedupe::Seen;
 use super::devices::Tally;
 use super::error::IngestError;
+use super::journal::{self, Entries};
 use super::keys::{self, HOUR_MS};
 use super::raw::Chunk;
 use super::record;
 use super::series::{HourlyRollup, SeriesEntry};
-use super::{ROLLUPS, SERIES, TALLIES, WINDOWS};
+use super::{JOURNAL, JOURNAL_DAMAGED, ROLLUPS, SERIES, TALLIES, WINDOWS};
 
 /// Shards of the device map: workers on different devices rarely share a lock.
 const SHARDS: usize = 64;
-/// Windows held in memory before the ingest call that adds one more flushes them itself (when the service's
+/// Windows held in memory before the ingest call that adds one more checkpoints them itself (when the service's
 /// periodic flush falls behind, or no service runs one).
-pub(crate) const MAX_PENDING: usize = 65_536;
+pub(crate) const MAX_PENDING: usize = 262_144;
+/// A flush checkpoints once this many windows are not written to their records...
+pub(crate) const CHECKPOINT_PENDING: usize = 131_072;
+/// ...or once this long has passed since the last checkpoint.
+pub(crate) const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
 /// Roll-ups older than the newest hour of their series by more than this stay cached only while dirty.
 const CACHED_HOURS: i64 = 2;
 /// A chunk is rewritten whole by each flush until it holds this many bytes; the hour's next window starts a new
@@ -112,6 +128,9 @@ pub(crate) struct DeviceHot {
     tally: Tally,
     tally_dirty: Dirty,
     series: Vec<SeriesHot>,
+    /// Changed other than by a window (which the journal holds) and not written since: the next flush writes the
+    /// whole device.
+    urgent: Dirty,
     /// Bumped by every change: what a flush wrote is clean only if it did not change again since.
     version: u64,
 }
@@ -131,14 +150,47 @@ impl DeviceHot {
 #[derive(Debug, Default)]
 struct Shard {
     devices: HashMap<DeviceId, DeviceHot>,
+    /// The windows taken since a flush last took the shard's entries.
+    journal: Entries,
+}
+
+/// What one flush at a time keeps: where the journal stands, and when the last checkpoint was.
+#[derive(Debug)]
+struct Flushing {
+    /// The number of the next journal record.
+    next: u64,
+    /// The first journal record no checkpoint covers: records `first..next` are in the store.
+    first: u64,
+    last_checkpoint: Instant,
+}
+
+/// What a write covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// The journal, and the devices changed other than by a window.
+    Journal,
+    /// Every change: a checkpoint.
+    All,
+}
+
+/// What [`Hot::replay`] found in the journal.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Replayed {
+    pub(crate) records: u64,
+    /// Windows taken again (not written by the last checkpoint).
+    pub(crate) windows: u64,
+    /// Windows a checkpoint had written already.
+    pub(crate) duplicates: u64,
+    /// Unreadable records, moved to their own tree.
+    pub(crate) damaged: u64,
 }
 
 /// See the module documentation.
 #[derive(Debug)]
 pub(crate) struct Hot {
     shards: Vec<Mutex<Shard>>,
-    /// One flush at a time: a reader's flush waits for one in progress, then writes the rest.
-    flushing: Mutex<()>,
+    /// One flush at a time: a reader's checkpoint waits for a flush in progress, then writes the rest.
+    flushing: Mutex<Flushing>,
     pending: AtomicUsize,
     width: u32,
 }
@@ -151,7 +203,7 @@ impl Hot {
     pub(crate) fn new(dedupe_width: u32) -> Hot {
         Hot {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            flushing: Mutex::new(()),
+            flushing: Mutex::new(Flushing { next: 0, first: 0, last_checkpoint: Instant::now() }),
             pending: AtomicUsize::new(0),
             width: dedupe_width,
         }
@@ -161,22 +213,24 @@ impl Hot {
         &self.shards[(keys::fnv1a(device.as_str().as_bytes()) % SHARDS as u64) as usize]
     }
 
-    /// Runs `f` on the device's state (read from the store on first use) under its shard lock.
+    /// Runs `f` on the device's state (read from the store on first use) and its shard's journal entries, under
+    /// the shard lock.
     fn with<R>(
         &self,
         store: &dyn Store,
         device: &DeviceId,
-        f: impl FnOnce(&mut DeviceHot) -> Result<R, IngestError>,
+        f: impl FnOnce(&mut DeviceHot, &mut Entries) -> Result<R, IngestError>,
     ) -> Result<R, IngestError> {
-        let mut shard = lock(self.shard(device));
+        let mut guard = lock(self.shard(device));
+        let shard = &mut *guard;
         if let Some(hot) = shard.devices.get_mut(device) {
-            return f(hot);
+            return f(hot, &mut shard.journal);
         }
         let stored: Option<Tally> = record::get(store, TALLIES, &keys::device(device), "tally")?;
         let mut tally = stored.unwrap_or_else(|| Tally::new(self.width));
         tally.seqs.resize(self.width);
-        let fresh = DeviceHot { tally, tally_dirty: None, series: Vec::new(), version: 0 };
-        f(shard.devices.entry(device.clone()).or_insert(fresh))
+        let fresh = DeviceHot { tally, tally_dirty: None, series: Vec::new(), urgent: None, version: 0 };
+        f(shard.devices.entry(device.clone()).or_insert(fresh), &mut shard.journal)
     }
 
     /// Runs `f` on the device's state if it is in memory, under its shard lock (for compaction).
@@ -192,7 +246,7 @@ impl Hot {
 
     /// What the de-duplication window says about `seq` now.
     pub(crate) fn check(&self, store: &dyn Store, device: &DeviceId, seq: u64) -> Result<Seen, IngestError> {
-        self.with(store, device, |hot| Ok(hot.tally.seqs.check(seq)))
+        self.with(store, device, |hot, _| Ok(hot.tally.seqs.check(seq)))
     }
 
     /// Marks `seq` and applies `count` to the device's tally, once: `Seen::New` goes only to the caller that marked
@@ -205,20 +259,23 @@ impl Hot {
         received_at: OffsetDateTime,
         count: impl FnOnce(&mut Tally),
     ) -> Result<(Seen, u64), IngestError> {
-        self.with(store, device, |hot| {
+        self.with(store, device, |hot, _| {
             let seen = hot.tally.seqs.mark(seq);
             if seen == Seen::New {
                 hot.tally.last_seen = Some(hot.tally.last_seen.map_or(received_at, |t| t.max(received_at)));
                 count(&mut hot.tally);
-                hot.tally_dirty = Some(hot.change());
+                let version = hot.change();
+                hot.tally_dirty = Some(version);
+                hot.urgent = Some(version);
             }
             Ok((seen, hot.tally.event_log_len))
         })
     }
 
     /// Marks `seq` and, if it is new, counts the window in the device's totals, adds it to its hour's roll-up and
-    /// keeps it to be written. Returns what the seq was. With [`MAX_PENDING`] windows unwritten it flushes first,
-    /// and while the store fails it refuses the window (an error, nothing marked): memory stays bounded.
+    /// keeps it to be journaled and written. Returns what the seq was. With [`MAX_PENDING`] windows unwritten it
+    /// checkpoints first, and while the store fails it refuses the window (an error, nothing marked): memory stays
+    /// bounded.
     pub(crate) fn window(
         &self,
         store: &dyn Store,
@@ -228,9 +285,21 @@ impl Hot {
         received_at: OffsetDateTime,
     ) -> Result<Seen, IngestError> {
         if self.pending.load(Ordering::Relaxed) >= MAX_PENDING {
-            self.flush(store)?;
+            self.checkpoint(store)?;
         }
-        let seen = self.with(store, device, |hot| {
+        self.take_window(store, device, seq, window, received_at)
+    }
+
+    /// [`Hot::window`] without the bound (a replay takes at most what the journal holds).
+    fn take_window(
+        &self,
+        store: &dyn Store,
+        device: &DeviceId,
+        seq: u64,
+        window: &WindowSummary,
+        received_at: OffsetDateTime,
+    ) -> Result<Seen, IngestError> {
+        let seen = self.with(store, device, |hot, journal| {
             let seen = hot.tally.seqs.check(seq);
             if seen != Seen::New {
                 return Ok(seen);
@@ -272,11 +341,14 @@ impl Hot {
                 dirty: None,
                 unwritten: 0,
             });
-            if let Err(e) = hot_chunk.chunk.push(seq, received_at, window) {
-                if hot_chunk.chunk.count == 0 {
-                    series.chunks.remove(&key);
+            match hot_chunk.chunk.push(seq, received_at, window) {
+                Ok(packed) => journal.push(device, packed),
+                Err(e) => {
+                    if hot_chunk.chunk.count == 0 {
+                        series.chunks.remove(&key);
+                    }
+                    return Err(e);
                 }
-                return Err(e);
             }
             hot_chunk.dirty = Some(version);
             hot_chunk.unwritten += 1;
@@ -303,24 +375,50 @@ impl Hot {
 
     /// Lowers the device's event-log length after `removed` events were trimmed.
     pub(crate) fn trimmed(&self, store: &dyn Store, device: &DeviceId, removed: u64) -> Result<(), IngestError> {
-        self.with(store, device, |hot| {
+        self.with(store, device, |hot, _| {
             hot.tally.event_log_len = hot.tally.event_log_len.saturating_sub(removed);
-            hot.tally_dirty = Some(hot.change());
+            let version = hot.change();
+            hot.tally_dirty = Some(version);
+            hot.urgent = Some(version);
             Ok(())
         })
     }
 
-    /// Writes everything changed since the last flush in one atomic batch. On failure nothing is lost: what was
-    /// taken out to be written goes back and is written by the next flush.
+    /// Makes everything taken so far durable, in one atomic batch: the windows as journal records, and the devices
+    /// changed other than by a window whole. Checkpoints instead when one is due ([`CHECKPOINT_EVERY`],
+    /// [`CHECKPOINT_PENDING`]). On failure nothing is lost: what was taken out to be written goes back and is
+    /// written by the next flush.
     pub(crate) fn flush(&self, store: &dyn Store) -> Result<(), IngestError> {
-        let _one = lock(&self.flushing);
+        let mut flushing = lock(&self.flushing);
+        let due = flushing.last_checkpoint.elapsed() >= CHECKPOINT_EVERY
+            || self.pending.load(Ordering::Relaxed) >= CHECKPOINT_PENDING;
+        self.write(store, &mut flushing, if due { Scope::All } else { Scope::Journal })
+    }
+
+    /// Writes everything changed since the last checkpoint to its records and deletes the journal records this
+    /// covers, in one atomic batch. On failure nothing is lost, as for [`Hot::flush`].
+    pub(crate) fn checkpoint(&self, store: &dyn Store) -> Result<(), IngestError> {
+        let mut flushing = lock(&self.flushing);
+        self.write(store, &mut flushing, Scope::All)
+    }
+
+    fn write(&self, store: &dyn Store, flushing: &mut Flushing, scope: Scope) -> Result<(), IngestError> {
         let mut batch = Vec::new();
         // Per device: the version written, and what was taken out of memory (to put back on failure).
         let mut taken: Vec<(usize, DeviceId, u64, Taken)> = Vec::new();
+        // Per shard: the journal records taken, with the state of its devices drained under the same lock.
+        let mut journals: Vec<(usize, Vec<Vec<u8>>)> = Vec::new();
         let mut failed = None;
         'shards: for (index, shard) in self.shards.iter().enumerate() {
-            let mut shard = lock(shard);
+            let mut guard = lock(shard);
+            let shard = &mut *guard;
+            if !shard.journal.is_empty() {
+                journals.push((index, shard.journal.take()));
+            }
             for (id, hot) in shard.devices.iter_mut() {
+                if scope == Scope::Journal && hot.urgent.is_none() {
+                    continue;
+                }
                 let before = batch.len();
                 match drain(id, hot, &mut batch) {
                     Ok(t) if batch.len() > before => taken.push((index, id.clone(), hot.version, t)),
@@ -333,15 +431,40 @@ impl Hot {
             }
         }
         if let Some(e) = failed {
-            self.put_back(taken);
+            self.put_back(taken, journals);
             return Err(e);
         }
+        let mut next = flushing.next;
+        match scope {
+            // The records in the store and the entries taken above are all covered by this batch.
+            Scope::All => batch.extend((flushing.first..flushing.next).map(|n| Write {
+                tree: JOURNAL,
+                key: journal::key(n).into(),
+                value: None,
+            })),
+            Scope::Journal => {
+                for record in journals.iter().flat_map(|(_, records)| records) {
+                    batch.push(put(JOURNAL, journal::key(next).into(), record.clone()));
+                    next += 1;
+                }
+            }
+        }
         if batch.is_empty() {
+            if scope == Scope::All {
+                flushing.last_checkpoint = Instant::now();
+            }
             return Ok(());
         }
         let written: usize = taken.iter().flat_map(|t| &t.3.chunks).map(|(_, _, n)| n).sum();
         match store.apply(&batch) {
             Ok(()) => {
+                match scope {
+                    Scope::All => {
+                        flushing.first = flushing.next;
+                        flushing.last_checkpoint = Instant::now();
+                    }
+                    Scope::Journal => flushing.next = next,
+                }
                 self.no_longer_pending(written);
                 for (index, id, version, taken) in taken {
                     let mut shard = lock(&self.shards[index]);
@@ -352,24 +475,79 @@ impl Hot {
                 Ok(())
             }
             Err(e) => {
-                self.put_back(taken);
+                self.put_back(taken, journals);
                 Err(e.into())
             }
         }
     }
 
-    /// Returns what a failed flush took out of memory, to be written by the next one.
-    fn put_back(&self, taken: Vec<(usize, DeviceId, u64, Taken)>) {
+    /// Returns what a failed write took out of memory, to be written by the next one.
+    fn put_back(&self, taken: Vec<(usize, DeviceId, u64, Taken)>, journals: Vec<(usize, Vec<Vec<u8>>)>) {
         for (index, id, _, taken) in taken {
             let mut shard = lock(&self.shards[index]);
             if let Some(hot) = shard.devices.get_mut(&id) {
                 put_back(hot, taken);
             }
         }
+        for (index, records) in journals {
+            lock(&self.shards[index]).journal.put_back(records);
+        }
+    }
+
+    /// After a restart, before any message: takes the journal's windows again (the ones the last checkpoint wrote
+    /// are duplicates and change nothing), moves unreadable records to their own tree (logged; nothing else is
+    /// lost), then checkpoints, which empties the journal. An error (the store failing) leaves the journal as it
+    /// was, to be replayed by the next start.
+    pub(crate) fn replay(&self, store: &dyn Store) -> Result<Replayed, IngestError> {
+        let mut flushing = lock(&self.flushing);
+        let mut replayed = Replayed::default();
+        let mut after: Option<Vec<u8>> = None;
+        let mut numbered = false;
+        loop {
+            let page = store.scan(JOURNAL, after.as_deref(), 16)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (key, value) in &page {
+                let number = journal::number(key);
+                if let Some(n) = number {
+                    if !numbered {
+                        flushing.first = n;
+                        numbered = true;
+                    }
+                    flushing.next = n.saturating_add(1);
+                }
+                replayed.records += 1;
+                match journal::read(value) {
+                    Ok(entries) => {
+                        for (device, w) in entries {
+                            match self.take_window(store, &device, w.seq, &w.window, w.received_at)? {
+                                Seen::New => replayed.windows += 1,
+                                _ => replayed.duplicates += 1,
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            record = ?number,
+                            error = %e,
+                            tree = JOURNAL_DAMAGED,
+                            "unreadable journal record moved aside; its windows are not replayed"
+                        );
+                        store.put(JOURNAL_DAMAGED, key, value)?;
+                        if number.is_none() {
+                            store.remove(JOURNAL, key)?;
+                        }
+                        replayed.damaged += 1;
+                    }
+                }
+            }
+        }
+        self.write(store, &mut flushing, Scope::All)?;
+        Ok(replayed)
     }
 }
 
-/// What a flush took from a device: the index entries it writes (not written again unless the batch fails),
+/// What a write took from a device: the index entries it writes (not written again unless the batch fails),
 /// and the windows of each chunk it writes.
 #[derive(Debug, Default)]
 struct Taken {
@@ -444,6 +622,7 @@ fn written_up_to(hot: &mut DeviceHot, version: u64, taken: &Taken) {
         });
     }
     clean(&mut hot.tally_dirty);
+    clean(&mut hot.urgent);
 }
 
 fn put(tree: &'static str, key: Vec<u8>, value: Vec<u8>) -> Write {

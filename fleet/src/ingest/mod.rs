@@ -2,8 +2,9 @@
 //! needs over what was stored.
 //!
 //! The MQTT side calls [`Ingest::ingest`] with each received message (topic, payload bytes, the time it arrived);
-//! the service calls [`Ingest::flush`] about every second, to write what was ingested since and make it durable,
-//! and [`Ingest::compact`] periodically.
+//! the service calls [`Ingest::flush`] about every second, to make what was ingested since durable,
+//! [`Ingest::compact`] periodically, and [`Ingest::checkpoint`] at shutdown. [`Ingest::open`] replays what a crash
+//! left in the journal.
 //!
 //! Per message, in order: the topic names a device and a channel (`outpost_common::topics::parse`); the device has
 //! a key in the [`DeviceDirectory`] (unknown and revoked devices have none); the sealed envelope opens with that key
@@ -21,10 +22,10 @@
 //! and the device's totals (frames processed, …) are updated with the seq's mark, so they count each message once.
 //! Design: a pure core (`dedupe`, `rollup`, `keys`, [`crate::drift`]) and storage through the [`Store`] trait. The
 //! per-window state (de-duplication window and totals, roll-ups, raw windows) lives in memory under per-device
-//! locks and is written behind, one atomic batch per flush (`hot.rs`); statuses and events are written as they
-//! come, each read-modify-write a compare-and-swap. So `ingest` may be called from several threads at once, and
-//! every query first writes what is in memory, so it sees every message ingested before it. Store failures are
-//! errors ([`IngestError`]); a message whose handling failed may be redelivered safely.
+//! locks, journaled every flush and written to its records at checkpoints (`hot.rs`); statuses and events are
+//! written as they come, each read-modify-write a compare-and-swap. So `ingest` may be called from several threads
+//! at once, and every query first writes what is in memory, so it sees every message ingested before it. Store
+//! failures are errors ([`IngestError`]); a message whose handling failed may be redelivered safely.
 
 mod compact;
 mod config;
@@ -35,6 +36,7 @@ mod drift_book;
 mod error;
 mod events;
 mod hot;
+mod journal;
 mod keys;
 mod raw;
 mod record;
@@ -85,6 +87,9 @@ pub(crate) const EVENTS: &str = "ingest/events";
 pub(crate) const TRACKERS: &str = "drift/trackers";
 pub(crate) const REFERENCES: &str = "drift/references";
 pub(crate) const ALERTS: &str = "drift/alerts";
+pub(crate) const JOURNAL: &str = "ingest/journal";
+/// Journal records that could not be read at a replay, kept for inspection.
+pub(crate) const JOURNAL_DAMAGED: &str = "ingest/journal-damaged";
 
 /// What became of one message.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,6 +153,16 @@ impl Ingest {
         config.validate()?;
         let drift = DriftBook::load(store.clone(), config.drift.clone())?;
         let hot = Hot::new(config.dedupe_window);
+        let replayed = hot.replay(store.as_ref())?;
+        if replayed.records > 0 {
+            tracing::info!(
+                records = replayed.records,
+                windows = replayed.windows,
+                duplicates = replayed.duplicates,
+                damaged = replayed.damaged,
+                "ingest journal replayed"
+            );
+        }
         Ok(Ingest { store, directory, config, drops: DropCounters::default(), stored: AtomicU64::new(0), drift, hot })
     }
 
@@ -321,16 +336,25 @@ impl Ingest {
         Ok(self.accepted(device, Outcome::Event(Box::new(stored)), Vec::new()))
     }
 
-    /// Writes what was ingested since the last flush and makes everything durable, drift trackers included.
+    /// Makes what was ingested since the last flush durable (windows in the journal, see `hot.rs`; a checkpoint
+    /// when one is due), drift trackers included.
     pub fn flush(&self) -> Result<(), IngestError> {
         self.hot.flush(self.store.as_ref())?;
         self.drift.persist()?;
         Ok(self.store.flush()?)
     }
 
-    /// Writes what is in memory, for a query to see every message ingested before it.
+    /// Writes everything in memory to its records, empties the journal and makes it durable: for a shutdown, so
+    /// the next start has nothing to replay.
+    pub fn checkpoint(&self) -> Result<(), IngestError> {
+        self.hot.checkpoint(self.store.as_ref())?;
+        self.drift.persist()?;
+        Ok(self.store.flush()?)
+    }
+
+    /// Writes what is in memory to its records, for a query to see every message ingested before it.
     fn written(&self) -> Result<&dyn Store, IngestError> {
-        self.hot.flush(self.store.as_ref())?;
+        self.hot.checkpoint(self.store.as_ref())?;
         Ok(self.store.as_ref())
     }
 
@@ -343,7 +367,8 @@ impl Ingest {
         let (forgotten, alerts) = self.drift.compact(now, u64::from(self.config.alerts_kept), keys::at(rollup_cut))?;
         report.trackers_forgotten = forgotten;
         report.alerts_deleted = alerts;
-        self.flush()?;
+        // What compaction changed in memory (roll-ups marked, chunks dropped) is not in the journal.
+        self.checkpoint()?;
         tracing::info!(
             windows = report.windows_deleted,
             rollups = report.rollups_deleted,
@@ -430,9 +455,9 @@ impl Ingest {
 }
 
 impl Drop for Ingest {
-    /// Writes what is still in memory (the service flushes at shutdown; this covers every other owner).
+    /// Writes what is still in memory (the service checkpoints at shutdown; this covers every other owner).
     fn drop(&mut self) {
-        if let Err(e) = self.hot.flush(self.store.as_ref()) {
+        if let Err(e) = self.hot.checkpoint(self.store.as_ref()) {
             tracing::warn!(error = %e, "ingest state not written at drop");
         }
     }

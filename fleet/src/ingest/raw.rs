@@ -45,20 +45,20 @@ impl Chunk {
         self.packed.len()
     }
 
-    /// Packs one window onto the chunk; on an error the chunk is as it was.
+    /// Packs one window onto the chunk and returns its packed bytes; on an error the chunk is as it was.
     pub(crate) fn push(
         &mut self,
         seq: u64,
         received_at: OffsetDateTime,
         window: &WindowSummary,
-    ) -> Result<(), IngestError> {
+    ) -> Result<&[u8], IngestError> {
         let before = self.packed.len();
         if let Err(e) = postcard::to_extend(&StoredWindowRef { seq, received_at, window }, Tail(&mut self.packed)) {
             self.packed.truncate(before);
             return Err(IngestError::Corrupt { what: "window", detail: format!("cannot pack: {e}") });
         }
         self.count += 1;
-        Ok(())
+        Ok(&self.packed[before..])
     }
 
     /// The record to store.
