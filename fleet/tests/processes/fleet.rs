@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use outpost_tests::broker::free_port;
+use outpost_tests::broker::free_ports;
 use outpost_tests::pki::CertFiles;
 use outpost_tests::process::Process;
 use serde_json::Value;
@@ -80,7 +80,7 @@ impl Fleet {
     /// Writes `fleet.toml` in `dir` and starts the process (not ready yet).
     fn spawn(dir: &Path, options: &FleetOptions<'_>) -> Fleet {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let (http, v4, v5) = (free_port().expect("port"), free_port().expect("port"), free_port().expect("port"));
+        let [http, v4, v5] = free_ports().expect("ports");
         let broker = match options.external {
             None => format!("[broker]\nlisten = \"127.0.0.1:{v4}\"\nlisten_v5 = \"127.0.0.1:{v5}\"\n"),
             Some(url) => format!(
