@@ -37,7 +37,7 @@ impl Entries {
     /// Adds a window taken for `device`, `packed` as its chunk holds it.
     pub(crate) fn push(&mut self, device: &DeviceId, packed: &[u8]) {
         if self.open.is_empty() {
-            self.open.reserve(RECORD_BYTES.min(4096));
+            self.open.reserve(RECORD_BYTES);
             self.open.extend_from_slice(&[FORMAT, 0, 0, 0, 0]);
         }
         let id = device.as_str().as_bytes();
@@ -115,32 +115,9 @@ pub(crate) fn number(key: &[u8]) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use outpost_common::protocol::{ConfidenceHistogram, Latency, ModelRef, WindowSummary};
-
     use super::*;
     use crate::ingest::raw::Chunk;
-
-    fn window(seq: u64) -> StoredWindow {
-        let start = time::macros::datetime!(2026-11-22 10:00 UTC) + time::Duration::seconds(seq as i64);
-        StoredWindow {
-            seq,
-            received_at: start + time::Duration::seconds(11),
-            window: WindowSummary {
-                start,
-                end: start + time::Duration::seconds(10),
-                camera: "line-1".into(),
-                model: ModelRef { name: "defect".into(), version: 2 },
-                frames: 30,
-                drops: 0,
-                confidence: ConfidenceHistogram::default(),
-                classes: BTreeMap::from([("dent".into(), 3)]),
-                latency_ms: Latency { p50: 1.0, p95: 2.0, p99: 3.0 },
-                flagged: 1,
-            },
-        }
-    }
+    use crate::ingest::raw::tests::stored;
 
     /// Packs `w` as a chunk does and journals it for `device`.
     fn push(entries: &mut Entries, device: &str, w: &StoredWindow) {
@@ -157,8 +134,8 @@ mod tests {
         // Enough windows to fill several records.
         for seq in 0..2000 {
             let device = format!("cam-{}", seq % 7);
-            push(&mut entries, &device, &window(seq));
-            expected.push((DeviceId::new(&device).expect("id"), window(seq)));
+            push(&mut entries, &device, &stored(seq));
+            expected.push((DeviceId::new(&device).expect("id"), stored(seq)));
         }
         let records = entries.take();
         assert!(records.len() > 1, "{} records", records.len());
@@ -171,9 +148,9 @@ mod tests {
     #[test]
     fn records_put_back_come_before_newer_ones() {
         let mut entries = Entries::default();
-        push(&mut entries, "cam-1", &window(1));
+        push(&mut entries, "cam-1", &stored(1));
         let first = entries.take();
-        push(&mut entries, "cam-1", &window(2));
+        push(&mut entries, "cam-1", &stored(2));
         entries.put_back(first);
         let seqs: Vec<u64> =
             entries.take().iter().flat_map(|r| read(r).expect("readable")).map(|(_, w)| w.seq).collect();
@@ -183,8 +160,8 @@ mod tests {
     #[test]
     fn a_damaged_record_is_an_error() {
         let mut entries = Entries::default();
-        push(&mut entries, "cam-1", &window(1));
-        push(&mut entries, "cam-2", &window(2));
+        push(&mut entries, "cam-1", &stored(1));
+        push(&mut entries, "cam-2", &stored(2));
         let record = entries.take().remove(0);
         for cut in [0, 1, 3, HEADER, record.len() / 2, record.len() - 1] {
             assert!(read(&record[..cut]).is_err(), "cut at {cut}");

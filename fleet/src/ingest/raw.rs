@@ -115,15 +115,15 @@ pub(crate) fn count(value: &[u8]) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use outpost_common::protocol::{ConfidenceHistogram, Latency, ModelRef};
 
     use super::*;
 
-    fn stored(seq: u64) -> StoredWindow {
-        // Sub-second times, an offset other than UTC, labels that need escaping in JSON: all survive packing.
+    /// A window with what packing must keep: sub-second times, an offset other than UTC, labels to escape.
+    pub(crate) fn stored(seq: u64) -> StoredWindow {
         let start = time::macros::datetime!(2026-11-22 10:00:00.123456789 +02:00) + time::Duration::seconds(seq as i64);
         let mut confidence = ConfidenceHistogram::default();
         confidence.0[19] = seq;

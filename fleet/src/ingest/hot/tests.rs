@@ -5,11 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use outpost_common::protocol::{ConfidenceHistogram, Latency};
-use outpost_common::store::{Entry, StoreError};
+use outpost_common::store::{Entry, StoreError, Write};
 
+use super::write::{Replayed, drain, written_up_to};
 use super::*;
+use crate::ingest::keys::HOUR_MS;
 use crate::ingest::raw;
 use crate::ingest::series::{self, TimeRange};
+use crate::ingest::{JOURNAL, JOURNAL_DAMAGED, WINDOWS, journal};
 use crate::load::MemStore;
 
 /// A memory store whose batches fail while `failing` is set, like a full disk.
